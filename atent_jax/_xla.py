@@ -1,0 +1,56 @@
+"""XLA flags that the library sets for speed on CPU, before JAX creates its backends.
+
+On jaxlib 0.10.x, XLA:CPU hands convolutions, dots and element-wise fusions to the YNNPACK
+library only when asked; measured on a 2-core AVX2 machine this halves the time of an input
+gradient of SmallCNN (142-224 ms -> 66 ms, equal to 3e-7 relative). An unknown flag aborts
+XLA at start-up, so the flag is only added on the jaxlib versions where it was checked.
+
+Rules: we append to the user's XLA_FLAGS, never override a flag they set, do nothing once a
+backend is already initialised, and do nothing when ATENT_JAX_NO_XLA_FLAGS=1.
+"""
+
+import logging
+import os
+
+_YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
+_YNN_VALUE = "individual_convolution,individual_dot,dot,eltwise,reduce"
+# jaxlib versions on which the flag above exists and was measured to help.
+_CHECKED_JAXLIB_PREFIXES = ("0.10.",)
+
+applied_flags: list[str] = []
+
+
+def _jaxlib_version() -> str:
+  try:
+    from importlib.metadata import version
+    return version("jaxlib")
+  except Exception:  # pragma: no cover - jaxlib is a hard dependency
+    return ""
+
+
+def _backend_initialised() -> bool:
+  try:
+    from jax._src import xla_bridge
+    return bool(getattr(xla_bridge, "_backends", {}))
+  except Exception:  # pragma: no cover - private API moved: be conservative
+    return False
+
+
+def configure_xla_flags() -> list[str]:
+  """Adds the CPU speed flags to XLA_FLAGS where safe; returns the flags it added."""
+  if os.environ.get("ATENT_JAX_NO_XLA_FLAGS", "") == "1":
+    return []
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if platforms and "cpu" not in platforms.split(","):
+    return []
+  if not _jaxlib_version().startswith(_CHECKED_JAXLIB_PREFIXES):
+    return []
+  current = os.environ.get("XLA_FLAGS", "")
+  if _YNN_FLAG in current or _backend_initialised():
+    return []
+  flag = f"{_YNN_FLAG}={_YNN_VALUE}"
+  os.environ["XLA_FLAGS"] = (current + " " + flag).strip()
+  applied_flags.append(flag)
+  logging.getLogger("atent_jax").info(
+      "atent_jax added %s to XLA_FLAGS (CPU speed; set ATENT_JAX_NO_XLA_FLAGS=1 to disable)", flag)
+  return [flag]

@@ -1,0 +1,135 @@
+"""Config checks run before any training: one-line errors naming the field and the fix."""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import os
+
+import ml_collections
+
+from atent_jax.errors import ConfigError
+
+_DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                    "experiments", "configs", "default.py")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The full default config (experiments/configs/default.py): every key that exists."""
+  spec = importlib.util.spec_from_file_location("atent_default_config", _DEFAULT_CONFIG_PATH)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _flatten(cfg, prefix=""):
+  out = {}
+  for k, v in cfg.items():
+    name = f"{prefix}{k}"
+    if isinstance(v, (ml_collections.ConfigDict, dict)):
+      out.update(_flatten(v, name + "."))
+    else:
+      out[name] = v
+  return out
+
+
+def check_keys(config, reference=None) -> None:
+  """Unknown keys (e.g. misspelt) raise ConfigError with the nearest known key."""
+  reference = reference if reference is not None else default_config()
+  known = _flatten(reference)
+  known_groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
+  for key in _flatten(config):
+    if key in known:
+      continue
+    close = difflib.get_close_matches(key, list(known) + sorted(known_groups), n=1, cutoff=0.6)
+    hint = f": did you mean config.{close[0]}?" if close else ": remove it"
+    raise ConfigError(f"config.{key} is not a known config key{hint}")
+
+
+def _num(config, path, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
+  value = config
+  for part in path.split("."):
+    value = value[part]
+  kind = "an integer" if integer else "a number"
+  ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+  if isinstance(value, bool) or not ok_type:
+    raise ConfigError(f"config.{path}={value!r} has the wrong type: use {kind}")
+  bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
+      hi is not None and (value >= hi if hi_open else value > hi))
+  if bad or value != value:
+    left = "(" if lo_open else "["
+    right = ")" if hi_open else "]"
+    rng = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
+    raise ConfigError(f"config.{path}={value!r} is out of range: use {kind} in {rng}")
+  return value
+
+
+def _choice(config, path, choices):
+  value = config
+  for part in path.split("."):
+    value = value[part]
+  if value not in choices:
+    raise ConfigError(f"config.{path}={value!r} is not valid: use one of "
+                      f"{', '.join(map(repr, choices))}")
+  return value
+
+
+def validate_config(config, num_devices: int = 1) -> None:
+  """Checks keys, types and ranges; raises ConfigError with a one-line message."""
+  from atent_jax import methods, models
+  from atent_jax.data import DATASETS, SOURCES
+  check_keys(config)
+  _choice(config, "method", sorted(methods.METHODS))
+  _choice(config, "model.name", sorted(models.MODELS))
+  _choice(config, "data.dataset", sorted(DATASETS))
+  _choice(config, "data.source", SOURCES)
+  _choice(config, "data.eval_split", ("test", "validation"))
+  _choice(config, "sampler.norm", ("linf", "l2"))
+  _choice(config, "sampler.update_rule", ("code", "paper"))
+  _choice(config, "eval.norm", ("linf", "l2"))
+  _num(config, "seed", integer=True)
+  _num(config, "train.num_epochs", lo=1, integer=True)
+  batch = _num(config, "train.batch_size", lo=1, integer=True)
+  if batch % num_devices:
+    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the {num_devices} "
+                      f"devices: use a multiple of {num_devices}")
+  _num(config, "train.learning_rate", lo=0, lo_open=True)
+  _num(config, "train.momentum", lo=0, hi=1, hi_open=True)
+  _num(config, "train.weight_decay", lo=0)
+  _num(config, "train.lr_decay_factor", lo=0, lo_open=True)
+  _num(config, "train.checkpoint_every_steps", lo=0, integer=True)
+  _num(config, "train.keep_checkpoints", lo=1, integer=True)
+  _num(config, "train.log_every_steps", lo=1, integer=True)
+  for e in config.train.lr_decay_epochs:
+    if not isinstance(e, (int, float)) or e <= 0:
+      raise ConfigError(f"config.train.lr_decay_epochs={tuple(config.train.lr_decay_epochs)!r} "
+                        "is not valid: use positive epoch numbers")
+  _num(config, "sampler.eps", lo=0, lo_open=True)
+  _num(config, "sampler.step_size", lo=0, lo_open=True)
+  _num(config, "sampler.num_steps", lo=1, integer=True)
+  _num(config, "sampler.gamma", lo=0)
+  _num(config, "sampler.noise_scale", lo=0)
+  _num(config, "sampler.alpha", lo=0, hi=1, lo_open=True)
+  _num(config, "sampler.ema_tolerance", lo=0, hi=1, hi_open=True)
+  _num(config, "sampler.unroll", lo=-1, integer=True)
+  _num(config, "data.num_validation", lo=0, integer=True)
+  _num(config, "eval.every_epochs", lo=1, integer=True)
+  _num(config, "eval.num_examples", lo=-1, integer=True)
+  _num(config, "eval.batch_size", lo=1, integer=True)
+  _num(config, "eval.eps", lo=0, lo_open=True)
+  _num(config, "eval.num_steps", lo=1, integer=True)
+  _num(config, "eval.step_size", lo=0, lo_open=True)
+  _num(config, "eval.restarts", lo=1, integer=True)
+  if config.method in ("atent_linf", "atent_l2"):
+    want = config.method.split("_")[1]
+    if config.sampler.norm != want:
+      raise ConfigError(f"config.sampler.norm={config.sampler.norm!r} does not match "
+                        f"config.method={config.method!r}: set config.sampler.norm='{want}'")
+  if config.data.eval_split == "validation" and config.data.num_validation <= 0:
+    raise ConfigError("config.data.eval_split='validation' needs config.data.num_validation > 0")
+  from atent_jax.models import INPUT_SHAPES
+  want_shape = DATASETS[config.data.dataset][0]
+  if INPUT_SHAPES[config.model.name] != want_shape:
+    raise ConfigError(f"config.model.name={config.model.name!r} expects inputs of shape "
+                      f"{INPUT_SHAPES[config.model.name]} but config.data.dataset="
+                      f"{config.data.dataset!r} has {want_shape}: pick a matching model")

@@ -1,0 +1,293 @@
+"""The training loop: small pure train/eval steps, and `train_and_evaluate(config, workdir)`.
+
+A run writes into its workdir: `config.json` (the resolved config), `run_info.json` (data source,
+devices, versions), `metrics.jsonl` (one JSON object per epoch), `checkpoints/` (the latest
+few, orbax) and `best/` (the epoch with the best robust accuracy on the evaluation split).
+Started again on the same workdir, it resumes from the last checkpoint exactly: the data order
+is a function of (seed, epoch) and the step's randomness of (seed, step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from atent_jax import attacks, checkpoint as ckpt_lib, methods, models
+from atent_jax.data import Dataset, load_dataset
+from atent_jax.errors import NonFiniteError
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  # Sums over the current epoch's steps, kept in the state so a resumed epoch reports exactly.
+  loss_sum: jax.Array
+  accuracy_sum: jax.Array
+
+  def to_dict(self) -> dict:
+    return {"step": self.step, "params": self.params, "batch_stats": self.batch_stats,
+            "opt_state": self.opt_state, "loss_sum": self.loss_sum,
+            "accuracy_sum": self.accuracy_sum}
+
+
+def make_optimizer(config, steps_per_epoch: int):
+  """SGD with momentum, PyTorch-style weight decay (added to the gradient) and a step schedule."""
+  t = config.train
+  boundaries = {int(round(e * steps_per_epoch)): t.lr_decay_factor for e in t.lr_decay_epochs}
+  schedule = optax.piecewise_constant_schedule(t.learning_rate, boundaries)
+  tx = optax.chain(optax.add_decayed_weights(t.weight_decay),
+                   optax.sgd(schedule, momentum=t.momentum or None, nesterov=t.nesterov))
+  return tx, schedule
+
+
+def init_state(config, model, tx, input_shape) -> TrainState:
+  key = jax.random.PRNGKey(config.seed)
+  variables = model.init({"params": key, "dropout": key}, jnp.zeros((1,) + tuple(input_shape)),
+                         train=False)
+  params = variables["params"]
+  batch_stats = variables.get("batch_stats", {})
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), loss_sum=jnp.zeros((), jnp.float32),
+                    accuracy_sum=jnp.zeros((), jnp.float32))
+
+
+def make_train_step(config, model, tx):
+  """train_step(state, images, labels, base_key) -> (state, metrics); pure, to be jitted."""
+  grad_fn = methods.make_grad_fn(config, model)
+
+  def train_step(state: TrainState, images, labels, base_key):
+    rng = jax.random.fold_in(base_key, state.step)
+    loss, grads, new_bs, aux = grad_fn(state.params, state.batch_stats, images, labels, rng)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    acc = aux.get("train_accuracy", jnp.zeros(()))
+    metrics = {"loss": loss, "train_accuracy": acc, "grad_norm": optax.global_norm(grads),
+               "param_norm": optax.global_norm(params)}
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_bs,
+                              opt_state=opt_state, loss_sum=state.loss_sum + loss,
+                              accuracy_sum=state.accuracy_sum + acc)
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config, model):
+  """eval_step(params, batch_stats, x, y, mask, key) -> (clean correct, robust correct).
+
+  The model is in eval mode for the clean pass and for the attack (config.eval's PGD).
+  """
+  e = config.eval
+  unroll = None if config.sampler.unroll < 0 else bool(config.sampler.unroll)
+
+  def eval_step(params, batch_stats, x, y, mask, key):
+    logits_fn = methods.eval_logits_fn(model, params, batch_stats)
+    clean = (jnp.argmax(logits_fn(x), -1) == y) & mask
+    adv = attacks.pgd(logits_fn, x, y, key, norm=e.norm, eps=e.eps, step_size=e.step_size,
+                      num_steps=e.num_steps, random_init=e.random_init, restarts=e.restarts,
+                      unroll=unroll)
+    robust = (jnp.argmax(logits_fn(adv), -1) == y) & mask
+    return clean.sum(), robust.sum()
+
+  return eval_step
+
+
+def evaluate(eval_step, state, images, labels, batch_size: int, key) -> dict:
+  """Clean and PGD robust accuracy over (images, labels), padded to whole batches."""
+  n = len(labels)
+  clean = robust = 0
+  for i, start in enumerate(range(0, n, batch_size)):
+    x, y = images[start:start + batch_size], labels[start:start + batch_size]
+    m = len(y)
+    mask = np.ones(batch_size, bool)
+    if m < batch_size:  # pad so every batch has one shape (one compilation)
+      mask[m:] = False
+      x = np.concatenate([x, np.repeat(x[:1], batch_size - m, 0)])
+      y = np.concatenate([y, np.repeat(y[:1], batch_size - m, 0)])
+    c, r = eval_step(state.params, state.batch_stats, x, y, mask, jax.random.fold_in(key, i))
+    clean += int(c)
+    robust += int(r)
+  return {"clean_accuracy": clean / n, "robust_accuracy": robust / n, "num_eval": n}
+
+
+def _epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+  return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def _check_finite(metrics: dict, step: int, epoch: int, workdir: str, last_good) -> None:
+  for name, label in (("loss", "the training loss"), ("grad_norm", "the weight gradient"),
+                      ("param_norm", "the parameters")):
+    if not math.isfinite(metrics[name]):
+      kept = (f"the last good checkpoint (step {last_good}) is kept in "
+              f"{os.path.join(workdir, 'checkpoints')}" if last_good is not None
+              else "no checkpoint was written yet")
+      raise NonFiniteError(
+          f"{label} became {metrics[name]} at step {step} (epoch {epoch}); {kept}; lower "
+          "config.train.learning_rate or check the data")
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def _truncate_metrics(path: str, last_epoch: int) -> None:
+  """Drops metric lines of epochs after the restored checkpoint (they are re-run)."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = [l for l in f if l.strip()]
+  keep = [l for l in lines if json.loads(l).get("epoch", 0) <= last_epoch]
+  if len(keep) != len(lines):
+    with open(path, "w") as f:
+      f.writelines(keep)
+
+
+def data_mesh() -> Mesh:
+  """A 1-D mesh over all devices; the batch is split along it (data parallelism).
+
+  We use `jit` with `NamedSharding` rather than `pmap`: since jax 0.8 pmap is implemented on
+  top of jit + shard_map and documented as the old way. With the global batch sharded and the
+  state replicated, XLA averages gradients (and batch-norm statistics) across devices, so a
+  2-device run computes what a 1-device run of the same global batch computes.
+  """
+  return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       dataset: Dataset | None = None) -> dict:
+  """Trains per `config`, writing everything into `workdir`; returns the final metrics."""
+  from atent_jax.configuration import validate_config
+  mesh = data_mesh()
+  validate_config(config, num_devices=mesh.size)
+  os.makedirs(workdir, exist_ok=True)
+  dataset = dataset if dataset is not None else load_dataset(config.data)
+  logging.info("data: %s", dataset.describe())
+  print(f"data: {dataset.describe()}", flush=True)
+
+  model = models.get_model(config.model)
+  batch_size = config.train.batch_size
+  n_train = len(dataset.train_labels)
+  steps_per_epoch = n_train // batch_size
+  if steps_per_epoch == 0:
+    from atent_jax.errors import ConfigError
+    raise ConfigError(f"config.train.batch_size={batch_size} is larger than the {n_train} "
+                      "training images: lower it")
+  total_steps = steps_per_epoch * config.train.num_epochs
+  tx, schedule = make_optimizer(config, steps_per_epoch)
+  input_shape = dataset.train_images.shape[1:]
+  state = init_state(config, model, tx, input_shape)
+
+  checkpoints = ckpt_lib.RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
+  restored = checkpoints.restore_latest(state)
+  if restored is not None:
+    state = restored
+    print(f"resumed from the checkpoint at step {int(state.step)}", flush=True)
+  elif config.train.init_from:
+    state = state.replace(**ckpt_lib.load_weights(config.train.init_from, state))
+    print(f"initialised weights from {config.train.init_from}", flush=True)
+
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  _write_json(os.path.join(workdir, "run_info.json"), {
+      "data": dataset.describe(), "devices": [str(d) for d in jax.devices()],
+      "jax": jax.__version__, "flax": flax.__version__, "steps_per_epoch": steps_per_epoch,
+      "total_steps": total_steps})
+
+  replicated = NamedSharding(mesh, P())
+  batch_sharded = NamedSharding(mesh, P("data"))
+  state = jax.device_put(state, replicated)
+  train_step = jax.jit(make_train_step(config, model, tx),
+                       in_shardings=(replicated, batch_sharded, batch_sharded, replicated),
+                       out_shardings=(replicated, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(make_eval_step(config, model))
+  base_key = jax.random.PRNGKey(config.seed + 1)
+  eval_key = jax.random.PRNGKey(config.seed + 2)
+
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  step = int(state.step)
+  start_epoch = step // steps_per_epoch
+  _truncate_metrics(metrics_path, start_epoch)
+  last_good = step if restored is not None else None
+  best = checkpoints.best_metric()
+  summary: dict = {}
+  t_start = time.time()
+
+  for epoch in range(start_epoch, config.train.num_epochs):
+    order = _epoch_order(config.seed, epoch, n_train)
+    first = step - epoch * steps_per_epoch
+    bar = _progress(config, epoch, steps_per_epoch, first)
+    t_epoch = time.time()
+    for i in range(first, steps_per_epoch):
+      idx = order[i * batch_size:(i + 1) * batch_size]
+      x = jax.device_put(dataset.train_images[idx], batch_sharded)
+      y = jax.device_put(dataset.train_labels[idx], batch_sharded)
+      new_state, m = train_step(state, x, y, base_key)
+      m = {k: float(v) for k, v in m.items()}
+      _check_finite(m, step + 1, epoch + 1, workdir, last_good)
+      state, step = new_state, step + 1
+      if bar is not None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", acc=f"{m['train_accuracy']:.3f}")
+      every = config.train.checkpoint_every_steps
+      if every and step % every == 0 and step % steps_per_epoch:
+        checkpoints.save(step, state)
+        last_good = step
+    if bar is not None:
+      bar.close()
+    train_time = time.time() - t_epoch
+    record = {"epoch": epoch + 1, "step": step,
+              "train_loss": float(state.loss_sum) / steps_per_epoch,
+              "train_accuracy": float(state.accuracy_sum) / steps_per_epoch,
+              "learning_rate": float(schedule(step - 1)), "epoch_train_seconds": train_time}
+    if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.num_epochs:
+      t_eval = time.time()
+      n_eval = config.eval.num_examples
+      sl = slice(None) if n_eval < 0 else slice(0, n_eval)
+      record.update(evaluate(eval_step, state, dataset.eval_images[sl], dataset.eval_labels[sl],
+                             config.eval.batch_size, eval_key))
+      record["eval_split"] = dataset.eval_split
+      record["eval_attack"] = (f"PGD-{config.eval.num_steps} {config.eval.norm} eps "
+                               f"{config.eval.eps:g} step {config.eval.step_size:g} restarts "
+                               f"{config.eval.restarts}")
+      record["eval_seconds"] = time.time() - t_eval
+    record["wall_time"] = time.time() - t_start
+    # Epoch sums start again at zero; saved with the checkpoint so a resumed epoch is exact.
+    state = state.replace(loss_sum=jax.device_put(np.float32(0), replicated),
+                          accuracy_sum=jax.device_put(np.float32(0), replicated))
+    with open(metrics_path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    checkpoints.save(step, state)
+    last_good = step
+    if config.early_stopping and "robust_accuracy" in record and (
+        best is None or record["robust_accuracy"] > best):
+      best = record["robust_accuracy"]
+      checkpoints.save_best(step, state, record)
+    summary = record
+    print(json.dumps(record), flush=True)
+  checkpoints.close()
+  return summary
+
+
+def _progress(config, epoch, total, initial):
+  if not config.train.progress_bar:
+    return None
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{config.train.num_epochs}",
+              unit="batch", dynamic_ncols=True, leave=False)

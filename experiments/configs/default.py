@@ -1,0 +1,96 @@
+"""The built-in default: ATENT-l_inf on the offline MNIST sample, small enough for 2 CPU cores.
+
+Every field of every config exists here; experiment configs start from this one and override a
+few fields, so a misspelt key fails loudly. Run:
+  python experiments/main.py --config=experiments/configs/default.py --workdir=runs/quickstart
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  # sgd | atent_linf | atent_l2 | pgd_at | trades | mart | mma | entropy_sgd | noise_aug
+  config.method = "atent_linf"
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "small_cnn"          # small_cnn | lenet5 | resnet | wide_resnet
+  config.model.num_classes = 10
+  config.model.dropout_rate = 0.5          # small_cnn, wide_resnet
+  config.model.hidden = 1024               # lenet5
+  config.model.depth = 20                  # resnet, wide_resnet
+  config.model.width = 16                  # resnet
+  config.model.widen_factor = 10           # wide_resnet
+  config.model.mean = ml_collections.config_dict.placeholder(tuple)  # normalisation, inside
+  config.model.std = ml_collections.config_dict.placeholder(tuple)   # the model
+
+  config.data = ml_collections.ConfigDict()
+  config.data.dataset = "mnist"            # mnist | cifar10
+  config.data.source = "auto"              # auto | idx | folder | tfds | builtin | synthetic
+  config.data.dir = ""                     # folder of MNIST IDX files / CIFAR-10 python batches
+  config.data.tfds_data_dir = ""
+  config.data.num_train = -1               # -1: all training images (after validation hold-out)
+  config.data.num_validation = 0           # held out of the training images, for early stopping
+  config.data.eval_split = "test"          # test | validation: the split metrics report on
+  config.data.num_eval = -1                # -1: the whole evaluation split
+  config.data.synthetic_examples = 512
+  config.data.augment = False              # CIFAR: random crop (pad 4) + horizontal flip
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_epochs = 3
+  config.train.batch_size = 128
+  config.train.learning_rate = 0.01
+  config.train.momentum = 0.9
+  config.train.nesterov = False
+  config.train.weight_decay = 1e-4
+  config.train.lr_decay_epochs = ()        # epochs at which the learning rate is multiplied by
+  config.train.lr_decay_factor = 0.1       # lr_decay_factor
+  config.train.checkpoint_every_steps = 0  # 0: only at the end of each epoch
+  config.train.keep_checkpoints = 3
+  config.train.log_every_steps = 10
+  config.train.progress_bar = True
+  config.train.init_from = ""              # a workdir whose weights to fine-tune from
+
+  # The inner maximisation: ATENT's Langevin sampler, and PGD for PGD-AT/TRADES/MART/MMA.
+  config.sampler = ml_collections.ConfigDict()
+  config.sampler.norm = "linf"             # linf | l2
+  config.sampler.eps = 0.3
+  config.sampler.step_size = 0.01
+  config.sampler.num_steps = 10            # K
+  config.sampler.gamma = 0.0               # l2 only: pull towards x
+  config.sampler.noise_scale = 1e-3
+  config.sampler.alpha = 0.9               # EMA of the sample losses
+  config.sampler.random_init = True
+  config.sampler.update_rule = "code"      # code (authors' code, the tables) | paper (Eq. 8)
+  config.sampler.unroll = -1               # -1: backend default (unrolled on CPU)
+  config.sampler.fused = True              # ATENT: one forward/backward per Langevin step
+  config.sampler.ema_tolerance = 0.0       # skip weight gradients of samples with EMA weight below
+
+  # Method-specific hyper-parameters (their papers' defaults).
+  config.trades_beta = 6.0
+  config.mart_beta = 6.0
+  config.mma = ml_collections.ConfigDict()
+  config.mma.max_eps = 0.4
+  config.mma.clean_weight = 1.0 / 3.0
+  config.entropy_sgd = ml_collections.ConfigDict()
+  config.entropy_sgd.num_steps = 5         # K Langevin steps in weight space
+  config.entropy_sgd.gamma = 1e-3
+  config.entropy_sgd.step_size = 0.1
+  config.entropy_sgd.noise_scale = 1e-4
+  config.entropy_sgd.alpha = 0.75
+  config.noise_aug_sigma = 0.12            # noise_aug: Gaussian data augmentation (smoothing)
+
+  # The robust evaluation reported after each epoch (PGD on the evaluation split).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.every_epochs = 1
+  config.eval.num_examples = 1000
+  config.eval.batch_size = 500
+  config.eval.norm = "linf"
+  config.eval.eps = 0.3
+  config.eval.num_steps = 20
+  config.eval.step_size = 0.01
+  config.eval.restarts = 1
+  config.eval.random_init = True
+  config.early_stopping = True             # keep the checkpoint of the best robust accuracy
+  return config
