@@ -155,3 +155,15 @@ def make_grad_fn(config, model) -> GradFn:
     raise ConfigError(f"config.method={config.method!r} is not known: use one of "
                       f"{', '.join(sorted(METHODS))}")
   return METHODS[config.method](config, model)
+
+
+def _register_baselines() -> None:
+  """TRADES, MART, MMA, Entropy-SGD, noise augmentation live in atent_jax.baselines."""
+  import importlib.util
+  if importlib.util.find_spec("atent_jax.baselines") is None:  # pragma: no cover
+    return
+  from atent_jax import baselines
+  METHODS.update(baselines.METHODS)
+
+
+_register_baselines()
