@@ -33,30 +33,72 @@ def _flatten(cfg, prefix=""):
   return out
 
 
+def nearest_key(key: str, reference=None) -> str | None:
+  """The known config key (or group) closest to `key`, e.g. 'train.learning_rate' for
+  'train.lerning_rate'; None when nothing is close."""
+  reference = reference if reference is not None else default_config()
+  known = _flatten(reference)
+  groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
+  close = difflib.get_close_matches(key, list(known) + sorted(groups), n=1, cutoff=0.6)
+  return close[0] if close else None
+
+
 def check_keys(config, reference=None) -> None:
   """Unknown keys (e.g. misspelt) raise ConfigError with the nearest known key."""
   reference = reference if reference is not None else default_config()
   known = _flatten(reference)
   known_groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
-  for key in _flatten(config):
+  flat = _flatten(config)
+  for key in flat:
     if key in known:
       continue
-    close = difflib.get_close_matches(key, list(known) + sorted(known_groups), n=1, cutoff=0.6)
-    hint = f": did you mean config.{close[0]}?" if close else ": remove it"
+    if key in known_groups:
+      raise ConfigError(f"config.{key}={flat[key]!r} replaces a group of fields: set its fields "
+                        f"(e.g. config.{min(k for k in known if k.startswith(key + '.'))}) instead")
+    group = next((g for g in sorted(known_groups, key=len, reverse=True)
+                  if key.startswith(g + ".")), None)
+    if group is None and "." in key and key.split(".")[0] in known:
+      head = key.split(".")[0]
+      raise ConfigError(f"config.{head} is a value, not a group: config.{key} does not exist")
+    close = nearest_key(key, reference)
+    hint = f": did you mean config.{close}?" if close else ": remove it"
     raise ConfigError(f"config.{key} is not a known config key{hint}")
+  for key in known:
+    if key not in flat and not any(key.startswith(k + ".") for k in flat):
+      raise ConfigError(f"config.{key} is missing: start configs from "
+                        "experiments/configs/default.py (atent_jax.configuration.default_config)")
 
 
-def _num(config, path, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
+def _get(config, path):
   value = config
   for part in path.split("."):
     value = value[part]
+  return value
+
+
+def _bool(config, path):
+  value = _get(config, path)
+  if not isinstance(value, bool):
+    raise ConfigError(f"config.{path}={value!r} has the wrong type: use True or False")
+  return value
+
+
+def _str(config, path):
+  value = _get(config, path)
+  if not isinstance(value, str):
+    raise ConfigError(f"config.{path}={value!r} has the wrong type: use a string")
+  return value
+
+
+def _num(config, path, *, lo=None, hi=None, lo_open=False, hi_open=False, integer=False):
+  value = _get(config, path)
   kind = "an integer" if integer else "a number"
   ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
   if isinstance(value, bool) or not ok_type:
     raise ConfigError(f"config.{path}={value!r} has the wrong type: use {kind}")
   bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (
       hi is not None and (value >= hi if hi_open else value > hi))
-  if bad or value != value:
+  if bad or value != value or (isinstance(value, float) and abs(value) == float("inf")):
     left = "(" if lo_open else "["
     right = ")" if hi_open else "]"
     rng = f"{left}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{right}"
@@ -65,9 +107,7 @@ def _num(config, path, *, lo=None, hi=None, lo_open=False, hi_open=False, intege
 
 
 def _choice(config, path, choices):
-  value = config
-  for part in path.split("."):
-    value = value[part]
+  value = _get(config, path)
   if value not in choices:
     raise ConfigError(f"config.{path}={value!r} is not valid: use one of "
                       f"{', '.join(map(repr, choices))}")
@@ -133,3 +173,47 @@ def validate_config(config, num_devices: int = 1) -> None:
     raise ConfigError(f"config.model.name={config.model.name!r} expects inputs of shape "
                       f"{INPUT_SHAPES[config.model.name]} but config.data.dataset="
                       f"{config.data.dataset!r} has {want_shape}: pick a matching model")
+  _validate_more(config, want_shape, DATASETS[config.data.dataset][1])
+
+
+def _validate_more(config, shape, num_classes) -> None:
+  """Types of flags and strings, model and method fields, eps ranges of l_inf balls."""
+  for path in ("train.nesterov", "train.progress_bar", "sampler.random_init", "sampler.fused",
+               "eval.random_init", "early_stopping", "data.augment"):
+    _bool(config, path)
+  for path in ("data.dir", "data.tfds_data_dir", "train.init_from"):
+    _str(config, path)
+  # Images are in [0, 1]: an l_inf ball of radius >= 1 covers the whole image space.
+  for prefix in ("sampler", "eval"):
+    if config[prefix].norm == "linf" and config[prefix].eps > 1:
+      raise ConfigError(f"config.{prefix}.eps={config[prefix].eps!r} is out of range: an l_inf "
+                        "radius on images in [0, 1] must be in (0, 1] (8/255 is 0.0314)")
+  if config.model.num_classes != num_classes:
+    raise ConfigError(f"config.model.num_classes={config.model.num_classes!r} does not match "
+                      f"config.data.dataset={config.data.dataset!r} ({num_classes} classes)")
+  _num(config, "model.dropout_rate", lo=0, hi=1, hi_open=True)
+  for path in ("model.hidden", "model.depth", "model.width", "model.widen_factor"):
+    _num(config, path, lo=1, integer=True)
+  for path in ("model.mean", "model.std"):
+    value = _get(config, path)
+    if value is None:
+      continue
+    ok = isinstance(value, (tuple, list)) and len(value) == shape[-1] and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    if not ok or (path == "model.std" and min(value) <= 0):
+      raise ConfigError(f"config.{path}={value!r} is not valid: use {shape[-1]} numbers (one per "
+                        "channel" + (", all > 0)" if path == "model.std" else ")"))
+  for path in ("data.num_train", "data.num_eval"):
+    if _num(config, path, lo=-1, integer=True) == 0:
+      raise ConfigError(f"config.{path}=0 leaves no images: use -1 (all) or a positive count")
+  _num(config, "data.synthetic_examples", lo=1, integer=True)
+  _num(config, "trades_beta", lo=0)
+  _num(config, "mart_beta", lo=0)
+  _num(config, "mma.max_eps", lo=0, lo_open=True)
+  _num(config, "mma.clean_weight", lo=0, hi=1)
+  _num(config, "entropy_sgd.num_steps", lo=1, integer=True)
+  _num(config, "entropy_sgd.gamma", lo=0)
+  _num(config, "entropy_sgd.step_size", lo=0, lo_open=True)
+  _num(config, "entropy_sgd.noise_scale", lo=0)
+  _num(config, "entropy_sgd.alpha", lo=0, hi=1, lo_open=True)
+  _num(config, "noise_aug_sigma", lo=0)

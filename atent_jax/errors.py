@@ -1,7 +1,11 @@
 """User-facing errors: each carries one line that names the problem and the fix.
 
 The CLIs print `error: <message>` for these and exit with code 2, without a traceback.
+Recoverable problems (a corrupt checkpoint skipped, a stale lock taken over) are reported with
+`warn`, as an `AtentWarning` that the CLIs print as one `warning: ...` line.
 """
+
+import warnings
 
 
 class AtentError(Exception):
@@ -22,3 +26,15 @@ class CheckpointError(AtentError, ValueError):
 
 class NonFiniteError(AtentError, FloatingPointError):
   """A loss, gradient or parameter became NaN or Inf during training."""
+
+
+class WorkdirError(AtentError, RuntimeError):
+  """The workdir is unwritable, full, or in use by another run."""
+
+
+class AtentWarning(UserWarning):
+  """Something was wrong but was recovered from (e.g. a corrupt checkpoint was skipped)."""
+
+
+def warn(message: str) -> None:
+  warnings.warn(AtentWarning(message), stacklevel=2)

@@ -74,7 +74,7 @@ def _check_alpha(alpha) -> float:
 
 
 def _check_images(images, *, batched: bool) -> np.ndarray:
-  """Float32 copy of the image(s); one-line errors for wrong rank, NaN/Inf or pixels outside [0, 1]."""
+  """Float32 copy of the image(s); one-line errors: bad rank, NaN/Inf, pixels outside [0, 1]."""
   arr = np.asarray(images, dtype=np.float32)
   what = "images" if batched else "x"
   want = 4 if batched else 3
@@ -235,8 +235,8 @@ def certify(logits_fn: LogitsFn, x, *, sigma: float, n0: int = 100, n: int = 100
   """Cohen et al.'s CERTIFY: (class, l_2 radius), or (-1, 0.0) to abstain.
 
   The class is the most frequent among n0 selection samples; its count among n fresh samples
-  gives the one-sided Clopper-Pearson bound pA_lower at level alpha; radius sigma * Phi^-1(pA_lower),
-  abstaining when pA_lower < 0.5.
+  gives the one-sided Clopper-Pearson bound pA_lower at level alpha; the radius is
+  sigma * Phi^-1(pA_lower), abstaining when pA_lower < 0.5.
   """
   sigma = _check_sigma(sigma)
   n0 = _check_count("n0", n0)
@@ -280,7 +280,8 @@ def certify_dataset(logits_fn: LogitsFn, images, labels, *, sigma: float, n0: in
   images = _check_images(images, batched=True)
   labels = np.asarray(labels)
   if labels.shape != (images.shape[0],):
-    raise DataError(f"labels has shape {labels.shape}: expected ({images.shape[0]},), one per image")
+    raise DataError(f"labels has shape {labels.shape}: expected ({images.shape[0]},), "
+                    "one per image")
   if indices is None:
     indices = np.arange(images.shape[0])
   indices = np.asarray(indices)

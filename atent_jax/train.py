@@ -24,9 +24,9 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from atent_jax import attacks, checkpoint as ckpt_lib, methods, models
-from atent_jax.data import Dataset, load_dataset
-from atent_jax.errors import NonFiniteError
+from atent_jax import attacks, checkpoint as ckpt_lib, methods, models, workdir as workdir_lib
+from atent_jax.data import DATASETS, Dataset, check_images, check_labels, load_dataset
+from atent_jax.errors import ConfigError, DataError, NonFiniteError
 
 
 @flax.struct.dataclass
@@ -170,41 +170,124 @@ def data_mesh() -> Mesh:
   return Mesh(np.asarray(jax.devices()), ("data",))
 
 
+# Keys that may change when a run is resumed: they do not change what is trained.
+_RESUMABLE_CHANGES = ("train.num_epochs", "train.progress_bar", "train.log_every_steps",
+                      "train.keep_checkpoints", "train.checkpoint_every_steps", "train.init_from",
+                      "data.dir", "data.tfds_data_dir", "eval.", "early_stopping")
+
+
+def _check_resume_config(config, workdir: str) -> None:
+  """A workdir's checkpoints are resumed only with the config they were trained with."""
+  from atent_jax.configuration import _flatten
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      saved = _flatten(json.load(f))
+  except (OSError, ValueError):
+    return  # an unreadable config.json is rewritten below
+  current = _flatten(json.loads(config.to_json_best_effort()))
+  for key in sorted(set(saved) | set(current)):
+    if key.startswith(_RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
+      continue
+    raise ConfigError(
+        f"config.{key}={current.get(key)!r} differs from the run in {workdir} "
+        f"(config.{key}={saved.get(key)!r}): resume with the run's config or use a new workdir")
+
+
+def _pause_point(point: str, step: int) -> None:
+  """Test hook: ATENT_JAX_TEST_PAUSE_AT=step@N | eval[@N] pauses the run there (it prints
+  `ATENT_JAX_PAUSED <point> <step>` and sleeps), so a test can `kill -9` it at a known point.
+  checkpoint[@N] is handled in atent_jax.checkpoint. Unset (always, outside tests): no effect."""
+  spec = os.environ.get(ckpt_lib._PAUSE_ENV, "")
+  if not spec:
+    return
+  name, _, at = spec.partition("@")
+  if name == point and (not at or int(at) == step):
+    print(f"ATENT_JAX_PAUSED {point} {step}", flush=True)
+    time.sleep(3600)
+
+
+def _state_bytes(state) -> int:
+  return sum(int(np.prod(a.shape)) * a.dtype.itemsize for a in jax.tree_util.tree_leaves(state))
+
+
+def _validate_dataset(config, dataset: Dataset) -> None:
+  """A Dataset passed in by the caller gets the checks that load_dataset applies."""
+  shape, num_classes = DATASETS[config.data.dataset]
+  check_images(dataset.train_images, "train images", shape)
+  check_labels(dataset.train_labels, len(dataset.train_images), num_classes, "train labels")
+  check_images(dataset.eval_images, f"{dataset.eval_split} images", shape)
+  check_labels(dataset.eval_labels, len(dataset.eval_images), num_classes,
+               f"{dataset.eval_split} labels")
+  if len(dataset.eval_labels) == 0:
+    raise DataError(f"the {dataset.eval_split} split is empty: pass evaluation images")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        dataset: Dataset | None = None) -> dict:
-  """Trains per `config`, writing everything into `workdir`; returns the final metrics."""
+  """Trains per `config`, writing everything into `workdir`; returns the final metrics.
+
+  Everything that can be checked is checked before anything is written: the config, the data,
+  the workdir's location, an init_from run. Then the workdir is created, probed for writes and
+  free space, and locked (WORKDIR/.lock) for the run's duration.
+  """
   from atent_jax.configuration import validate_config
   mesh = data_mesh()
   validate_config(config, num_devices=mesh.size)
-  os.makedirs(workdir, exist_ok=True)
-  dataset = dataset if dataset is not None else load_dataset(config.data)
+  workdir = os.path.abspath(os.fspath(workdir))
+  workdir_lib.check_location(workdir)
+  if dataset is None:
+    dataset = load_dataset(config.data)
+  else:
+    _validate_dataset(config, dataset)
   logging.info("data: %s", dataset.describe())
-  print(f"data: {dataset.describe()}", flush=True)
 
   model = models.get_model(config.model)
   batch_size = config.train.batch_size
   n_train = len(dataset.train_labels)
   steps_per_epoch = n_train // batch_size
   if steps_per_epoch == 0:
-    from atent_jax.errors import ConfigError
     raise ConfigError(f"config.train.batch_size={batch_size} is larger than the {n_train} "
                       "training images: lower it")
   total_steps = steps_per_epoch * config.train.num_epochs
   tx, schedule = make_optimizer(config, steps_per_epoch)
   input_shape = dataset.train_images.shape[1:]
   state = init_state(config, model, tx, input_shape)
-
-  checkpoints = ckpt_lib.RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
-  restored = checkpoints.restore_latest(state)
-  if restored is not None:
-    state = restored
-    print(f"resumed from the checkpoint at step {int(state.step)}", flush=True)
+  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+      name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
+  if has_checkpoints:
+    _check_resume_config(config, workdir)
   elif config.train.init_from:
     state = state.replace(**ckpt_lib.load_weights(config.train.init_from, state))
     print(f"initialised weights from {config.train.init_from}", flush=True)
 
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  need = _state_bytes(state) * (config.train.keep_checkpoints + 2) + (1 << 20)
+  workdir_lib.prepare(workdir, need)
+  lock = workdir_lib.RunLock(workdir).acquire()
+  checkpoints = None
+  try:
+    checkpoints = ckpt_lib.RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+      state = restored
+    print(f"data: {dataset.describe()}", flush=True)
+    if restored is not None:
+      print(f"resumed from the checkpoint at step {int(state.step)}", flush=True)
+    return _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoints,
+                       restored is not None, mesh, steps_per_epoch, total_steps)
+  finally:
+    if checkpoints is not None:
+      checkpoints.close()  # waits for saves in flight: the last good checkpoint is kept
+    lock.release()
+
+
+def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoints, resumed,
+                mesh, steps_per_epoch, total_steps) -> dict:
+  batch_size = config.train.batch_size
+  n_train = len(dataset.train_labels)
+  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
   _write_json(os.path.join(workdir, "run_info.json"), {
       "data": dataset.describe(), "devices": [str(d) for d in jax.devices()],
       "jax": jax.__version__, "flax": flax.__version__, "steps_per_epoch": steps_per_epoch,
@@ -224,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step = int(state.step)
   start_epoch = step // steps_per_epoch
   _truncate_metrics(metrics_path, start_epoch)
-  last_good = step if restored is not None else None
+  last_good = step if resumed else None
   best = checkpoints.best_metric()
   summary: dict = {}
   t_start = time.time()
@@ -249,6 +332,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if every and step % every == 0 and step % steps_per_epoch:
         checkpoints.save(step, state)
         last_good = step
+      _pause_point("step", step)
     if bar is not None:
       bar.close()
     train_time = time.time() - t_epoch
@@ -258,6 +342,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               "learning_rate": float(schedule(step - 1)), "epoch_train_seconds": train_time}
     if (epoch + 1) % config.eval.every_epochs == 0 or epoch + 1 == config.train.num_epochs:
       t_eval = time.time()
+      _pause_point("eval", step)
       n_eval = config.eval.num_examples
       sl = slice(None) if n_eval < 0 else slice(0, n_eval)
       record.update(evaluate(eval_step, state, dataset.eval_images[sl], dataset.eval_labels[sl],
@@ -273,15 +358,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           accuracy_sum=jax.device_put(np.float32(0), replicated))
     with open(metrics_path, "a") as f:
       f.write(json.dumps(record) + "\n")
-    checkpoints.save(step, state)
-    last_good = step
+    # The best checkpoint first (synchronous): a run killed before the epoch's latest checkpoint
+    # is committed re-runs the epoch and finds the same best, already saved.
     if config.early_stopping and "robust_accuracy" in record and (
         best is None or record["robust_accuracy"] > best):
       best = record["robust_accuracy"]
       checkpoints.save_best(step, state, record)
+    checkpoints.save(step, state)
+    last_good = step
     summary = record
     print(json.dumps(record), flush=True)
-  checkpoints.close()
   return summary
 
 

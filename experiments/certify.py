@@ -8,7 +8,7 @@ Loads the run's model (`atent_jax.load_classifier`) and evaluation split
 and writes into RUN/certify_sigma{sigma}/:
   results.jsonl             one line per example: index, label, prediction, radius, correct, time
                             (written as it goes, so a long run can be watched)
-  certified_accuracy.json   settings, certified accuracy at --radii, and the accuracy-vs-radius curve
+  certified_accuracy.json   settings, certified accuracy at --radii, accuracy-vs-radius curve
   certified_accuracy.png    the curve
 The noise is Gaussian in [0, 1] pixel units; prediction -1 means abstain (counted as wrong).
 """
@@ -86,7 +86,7 @@ def _plot(path, grid, curve, radii, accuracies, *, sigma, n, num_examples):
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, ax = plt.subplots(figsize=(5, 3.6))
-  ax.plot(grid, curve, label=f"sigma={sigma:g}")
+  ax.step(grid, curve, where="post", label=f"sigma={sigma:g}")
   ax.scatter(radii, accuracies, s=14, zorder=3)
   ax.set_xlabel("l_2 radius")
   ax.set_ylabel("certified accuracy")

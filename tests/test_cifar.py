@@ -15,24 +15,29 @@ from atent_jax.data.cifar10 import DataError, UnsafePickleError, augment_batch, 
 from atent_jax.models.cifar import CIFAR10_MEAN, CIFAR10_STD, ResNet, ResNet20, WideResNet, WRN34_10, count_params
 
 
+def _key(seed):
+    # Model tests use the 'rbg' PRNG: the model code is PRNG-agnostic and threefry's XLA compile is slow on CPU.
+    return jax.random.key(seed, impl="rbg")
+
+
 def _images(n, seed=0):
-    return jax.random.uniform(jax.random.key(seed), (n, 32, 32, 3), jnp.float32)
+    return jnp.asarray(np.random.default_rng(seed).random((n, 32, 32, 3), dtype=np.float32))
 
 
 def _init(model, n=2):
-    return model.init(jax.random.key(0), _images(n), train=False)
+    return model.init(_key(0), _images(n), train=False)
 
 
 def _jit_init(model, n=2):
     # One compiled program: much faster on CPU than op-by-op initialisation.
-    return jax.jit(lambda key: model.init(key, _images(n), train=False))(jax.random.key(0))
+    return jax.jit(lambda key: model.init(key, _images(n), train=False))(_key(0))
 
 
 def _train_step_stats(model, variables, x, key=1):
-    """Run one train-mode forward pass and return variables with the updated batch_stats."""
-    _, upd = model.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(key)}, mutable=["batch_stats"]
-    )
+    """Run one (jitted) train-mode forward pass and return variables with the updated batch_stats."""
+    _, upd = jax.jit(
+        lambda v, x, k: model.apply(v, x, train=True, rngs={"dropout": k}, mutable=["batch_stats"])
+    )(variables, x, _key(key))
     return {"params": variables["params"], "batch_stats": upd["batch_stats"]}
 
 
@@ -124,7 +129,7 @@ def test_eval_deterministic_and_per_example(which, request):
     out4 = model.apply(variables, x, train=False)
     np.testing.assert_array_equal(np.asarray(out4), np.asarray(model.apply(variables, x, train=False)))
     # Different dropout keys do not matter in eval mode.
-    out_rng = model.apply(variables, x, train=False, rngs={"dropout": jax.random.key(42)})
+    out_rng = model.apply(variables, x, train=False, rngs={"dropout": _key(42)})
     np.testing.assert_array_equal(np.asarray(out4), np.asarray(out_rng))
     # Batch of 1, and per example under vmap (as the sampler / attacks use it), equal the batch-of-4 outputs.
     for i in range(4):
@@ -135,7 +140,7 @@ def test_eval_deterministic_and_per_example(which, request):
     np.testing.assert_allclose(np.asarray(per_ex), np.asarray(out4), rtol=1e-5, atol=1e-5)
     # Eval uses the running averages: the result differs from what batch statistics would give.
     out_train, _ = model.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+        variables, x, train=True, rngs={"dropout": _key(0)}, mutable=["batch_stats"]
     )
     assert not np.allclose(np.asarray(out_train), np.asarray(out4), atol=1e-3)
 
@@ -145,7 +150,7 @@ def test_train_updates_batch_stats_eval_does_not(which, request):
     model, variables = request.getfixturevalue(which)
     x = _images(4, seed=7)
     _, upd = model.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(0)}, mutable=["batch_stats"]
+        variables, x, train=True, rngs={"dropout": _key(0)}, mutable=["batch_stats"]
     )
     old, new = variables["batch_stats"], upd["batch_stats"]
     chex.assert_trees_all_equal_shapes(old, new)
@@ -177,7 +182,7 @@ def test_dropout_only_in_train_mode(tiny_wrn):
 
     def train_out(seed):
         out, _ = model.apply(
-            variables, x, train=True, rngs={"dropout": jax.random.key(seed)}, mutable=["batch_stats"]
+            variables, x, train=True, rngs={"dropout": _key(seed)}, mutable=["batch_stats"]
         )
         return np.asarray(out)
 
@@ -187,7 +192,7 @@ def test_dropout_only_in_train_mode(tiny_wrn):
     no_drop = WideResNet(depth=10, widen_factor=1, dropout_rate=0.0)
     out_a, _ = no_drop.apply(variables, x, train=True, mutable=["batch_stats"])
     out_b, _ = no_drop.apply(
-        variables, x, train=True, rngs={"dropout": jax.random.key(5)}, mutable=["batch_stats"]
+        variables, x, train=True, rngs={"dropout": _key(5)}, mutable=["batch_stats"]
     )
     np.testing.assert_array_equal(np.asarray(out_a), np.asarray(out_b))
 

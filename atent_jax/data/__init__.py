@@ -96,10 +96,9 @@ def _load_raw(data_config, split: str):
       images, labels = cifar10.load_cifar10(source="synthetic", split=split, num_examples=n)
       return images, labels, f"synthetic CIFAR-10-shaped data ({n} random images per split)"
     src = {"idx": "folder"}.get(source, source)
-    out = cifar10.load_cifar10(source=src, dir=directory or None, tfds_data_dir=tfds_dir,
-                               split=split)
-    images, labels = out[0], out[1]
-    used = out[2] if len(out) > 2 else src
+    images, labels, used = cifar10.load_cifar10(source=src, dir=directory or None,
+                                                tfds_data_dir=tfds_dir, split=split,
+                                                return_source=True)
     return images, labels, f"CIFAR-10 from {used}" + (f" ({directory})" if directory else "")
   # MNIST
   if source == "auto":
@@ -164,3 +163,10 @@ def load_dataset(data_config) -> Dataset:
   if num_eval and num_eval > 0:
     eval_x, eval_y = eval_x[:num_eval], eval_y[:num_eval]
   return Dataset(train_x, train_y, eval_x, eval_y, eval_split, source, val_x, val_y)
+
+
+def load_eval_split(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  """The evaluation split (images, labels) that the run in `workdir` was configured with."""
+  from atent_jax.checkpoint import load_config
+  ds = load_dataset(load_config(workdir).data)
+  return ds.eval_images, ds.eval_labels

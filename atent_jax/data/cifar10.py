@@ -29,6 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The library's one DataError (AtentError, ValueError): the CLIs print it as a one-line error.
+from atent_jax.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 NUM_CLASSES = 10
@@ -52,12 +55,8 @@ __all__ = [
 _NOT_FOUND_HINT = (
     "set config.data.dir to a folder with the CIFAR-10 python batches (data_batch_1..5, test_batch, e.g. the "
     "extracted cifar-10-python.tar.gz) or prepare TFDS cifar10 (tfds build cifar10 --file_format=array_record) "
-    "and set config.data.tfds_data_dir to its data_dir; or use source='synthetic' for a smoke run"
+    "with its data_dir in config.data.tfds_data_dir or $TFDS_DATA_DIR; or use source='synthetic' for a smoke run"
 )
-
-
-class DataError(ValueError):
-    """The requested data set is missing, malformed, or cannot be read."""
 
 
 class UnsafePickleError(DataError, pickle.UnpicklingError):
@@ -129,8 +128,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return _SAFE_BUILTINS[name]
         if module == "_codecs" and name == "encode":
             return _latin1_encode
-        if module == "numpy" and name == "dtype":  # pragma: no cover - covered by the table
-            return np.dtype
         raise UnsafePickleError(
             f"refusing to unpickle global {module}.{name}: the CIFAR-10 loader only allows numpy arrays and "
             "builtin containers (the file is not a genuine CIFAR-10 batch, or it has been tampered with)"
