@@ -17,8 +17,9 @@ and an example's sample depends only on its own PRNG key.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -136,6 +137,84 @@ def _direction(g: jax.Array, rule: str) -> jax.Array:
   return g
 
 
+@dataclasses.dataclass(frozen=True)
+class InputOptimizer:
+  """An optimiser in input space, optax-style: `init` and `update` for ONE example.
+
+  `run` vmaps the loop over a batch with a per-example gradient of a per-example loss; the fused
+  ATENT step (atent_jax.methods) calls `init`/`update` itself with gradients from a batched
+  forward/backward that also yields the weight gradient. Both give the same iterates.
+  """
+  norm: str
+  eps: Any
+  step_size: Any
+  num_steps: int
+  direction: str
+  projection: str = "every"
+  init_kind: str = "zero"
+  noise_scale: Any = 0.0
+  gamma: Any = 0.0
+  gamma_times_step: bool = False
+  clip: tuple[float, float] | None = (0.0, 1.0)
+
+  def __post_init__(self):
+    check_choice("direction", self.direction, DIRECTIONS)
+    check_choice("projection", self.projection, PROJECTIONS)
+    check_choice("init", self.init_kind, INITS)
+    check_choice("norm", self.norm, NORMS)
+
+  def _clamp(self, v):
+    return v if self.clip is None else jnp.clip(v, self.clip[0], self.clip[1])
+
+  def init(self, x0, key):
+    """(x'0, noise key) of one example; x'0 = clip(x + delta)."""
+    k_init, k_noise = jax.random.split(key)
+    delta = initial_perturbation(k_init, x0, norm=self.norm, eps=self.eps, init=self.init_kind)
+    return self._clamp(x0 + delta), k_noise
+
+  def update(self, i, x0, xp, g, noise_key):
+    """x'(i+1) of one example from x'i and the gradient g of the loss at x'i."""
+    new = xp + self.step_size * _direction(g, self.direction)
+    if not _is_static_zero(self.gamma):
+      pull = self.gamma * self.step_size if self.gamma_times_step else self.gamma
+      new = new + pull * (x0 - xp)
+    if not _is_static_zero(self.noise_scale):
+      std = self.noise_scale * jnp.sqrt(2.0 * jnp.asarray(self.step_size, x0.dtype))
+      new = new + std * jax.random.normal(jax.random.fold_in(noise_key, i), x0.shape, x0.dtype)
+    if self.projection == "every":
+      new = x0 + project(new - x0, self.norm, self.eps)
+    elif self.projection == "last":
+      new = jnp.where(i == self.num_steps - 1, x0 + project(new - x0, self.norm, self.eps), new)
+    return self._clamp(new)
+
+  def run(self, loss_fn: LossFn, x, y, key, *, return_all: bool = False,
+          unroll: bool | int | None = None):
+    """The whole loop, vmapped over the batch; see `optimize_input`."""
+    if unroll is None:
+      unroll = default_unroll()
+    x = jnp.asarray(x)
+    keys = per_example_keys(key, x.shape[0])
+    grad_fn = jax.grad(loss_fn)
+    k_total = self.num_steps
+
+    def one_example(x0, y0, k):
+      xp, k_noise = self.init(x0, k)
+
+      def body(i, carry):
+        xp, samples = carry
+        new = self.update(i, x0, xp, grad_fn(xp, y0), k_noise)
+        if return_all:
+          samples = samples.at[i].set(new)
+        return new, samples
+
+      samples = jnp.zeros((k_total,) + x0.shape, x0.dtype) if return_all else None
+      xp, samples = jax.lax.fori_loop(0, k_total, body, (xp, samples), unroll=unroll)
+      return samples if return_all else xp
+
+    out = jax.vmap(one_example)(x, y, keys)
+    return jnp.swapaxes(out, 0, 1) if return_all else out  # (B, K, ...) -> (K, B, ...)
+
+
 def optimize_input(
     loss_fn: LossFn,
     x: jax.Array,
@@ -158,6 +237,8 @@ def optimize_input(
 ) -> jax.Array:
   """Runs `num_steps` ascent steps on `loss_fn` in input space, vmapped over the batch.
 
+  Each step: x' <- clip(project?(x' + step * direction(g) + gamma * (x - x') + noise)).
+
   Args:
     loss_fn: loss of ONE example, `loss_fn(x_example, y_example) -> scalar`; it closes over the
       model weights. Ascended (attacks and samplers maximise the loss).
@@ -174,56 +255,11 @@ def optimize_input(
     return_all: return all iterates x'1..x'K stacked on a new leading axis (K, *x.shape).
     unroll: `lax.fori_loop` unrolling; None picks `default_unroll()`.
   """
-  check_choice("direction", direction, DIRECTIONS)
-  check_choice("projection", projection, PROJECTIONS)
-  check_choice("init", init, INITS)
-  check_choice("norm", norm, NORMS)
-  if unroll is None:
-    unroll = default_unroll()
-  x = jnp.asarray(x)
-  keys = per_example_keys(key, x.shape[0])
-  noise_std = noise_scale * math.sqrt(2.0 * step_size) if _is_static_number(step_size) else (
-      noise_scale * jnp.sqrt(2.0 * step_size))
-  pull = gamma * step_size if gamma_times_step else gamma
-  lo, hi = clip if clip is not None else (None, None)
-  grad_fn = jax.grad(loss_fn)
-
-  def clamp(v):
-    return v if clip is None else jnp.clip(v, lo, hi)
-
-  def one_example(x0, y0, k):
-    k_init, k_noise = jax.random.split(k)
-    xp = clamp(x0 + initial_perturbation(k_init, x0, norm=norm, eps=eps, init=init))
-
-    def body(i, carry):
-      xp, samples = carry
-      g = grad_fn(xp, y0)
-      new = xp + step_size * _direction(g, direction)
-      if not _is_static_zero(gamma):
-        new = new + pull * (x0 - xp)
-      if not _is_static_zero(noise_scale):
-        new = new + noise_std * jax.random.normal(jax.random.fold_in(k_noise, i), x0.shape, x0.dtype)
-      if projection == "every":
-        new = x0 + project(new - x0, norm, eps)
-      elif projection == "last":
-        new = jnp.where(i == num_steps - 1, x0 + project(new - x0, norm, eps), new)
-      new = clamp(new)
-      if return_all:
-        samples = samples.at[i].set(new)
-      return new, samples
-
-    samples = jnp.zeros((num_steps,) + x0.shape, x0.dtype) if return_all else None
-    xp, samples = jax.lax.fori_loop(0, num_steps, body, (xp, samples), unroll=unroll)
-    return samples if return_all else xp
-
-  out = jax.vmap(one_example)(x, y, keys)
-  if return_all:  # (B, K, ...) -> (K, B, ...)
-    out = jnp.swapaxes(out, 0, 1)
-  return out
-
-
-def _is_static_number(v) -> bool:
-  return isinstance(v, (int, float))
+  opt = InputOptimizer(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
+                       direction=direction, projection=projection, init_kind=init,
+                       noise_scale=noise_scale, gamma=gamma, gamma_times_step=gamma_times_step,
+                       clip=clip)
+  return opt.run(loss_fn, x, y, key, return_all=return_all, unroll=unroll)
 
 
 def _is_static_zero(v) -> bool:
@@ -281,21 +317,25 @@ def sample_langevin(
   Returns:
     x'K with the shape of x, or all samples (K, *x.shape) with `return_all=True`.
   """
+  opt = langevin_optimizer(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
+                           gamma=gamma, noise_scale=noise_scale, random_init=random_init,
+                           clip=clip, update=update)
+  return opt.run(loss_fn, x, y, key, return_all=return_all, unroll=unroll)
+
+
+def langevin_optimizer(*, norm, eps, step_size, num_steps, gamma=0.0, noise_scale=1e-3,
+                       random_init=True, clip=(0.0, 1.0), update="code") -> InputOptimizer:
+  """The InputOptimizer that `sample_langevin` runs (ATENT's sampler), validated."""
   validate_optimizer_args(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
                           noise_scale=noise_scale, gamma=gamma)
   check_choice("update", update, UPDATES)
-  if update == "code":
-    direction = "sign" if norm == "linf" else "l2"
-    gamma_times_step = False
-  else:
-    direction = "raw"
-    gamma_times_step = True
+  paper = update == "paper"
+  direction = "raw" if paper else ("sign" if norm == "linf" else "l2")
   init = ("corner" if norm == "linf" else "normal_projected") if random_init else "zero"
-  return optimize_input(
-      loss_fn, x, y, key, norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
-      direction=direction, projection="last", init=init, noise_scale=noise_scale,
-      gamma=gamma if norm == "l2" else 0.0, gamma_times_step=gamma_times_step, clip=clip,
-      return_all=return_all, unroll=unroll)
+  return InputOptimizer(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
+                        direction=direction, projection="last", init_kind=init,
+                        noise_scale=noise_scale, gamma=gamma if norm == "l2" else 0.0,
+                        gamma_times_step=paper, clip=clip)
 
 
 def ema_weights(num_samples: int, alpha: float = 0.9) -> jax.Array:
