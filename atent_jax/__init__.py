@@ -14,6 +14,9 @@ _xla.configure_xla_flags()
 
 from atent_jax.langevin import ema_weights, optimize_input, sample_langevin  # noqa: E402
 from atent_jax.attacks import pgd, pgd_l2, pgd_linf  # noqa: E402
+from atent_jax.attacks import (ATTACKS, atent_attack, cw_l2, cw_linf, deepfool,  # noqa: E402
+                               fgsm)
+from atent_jax.evaluation import evaluate_attacks  # noqa: E402
 from atent_jax.checkpoint import load_classifier, load_run  # noqa: E402
 from atent_jax.errors import (AtentError, CheckpointError, ConfigError, DataError,  # noqa: E402
                               NonFiniteError)
@@ -23,5 +26,6 @@ __version__ = "0.1.0"
 __all__ = [
     "sample_langevin", "optimize_input", "ema_weights", "pgd", "pgd_linf", "pgd_l2",
     "load_classifier", "load_run", "AtentError", "ConfigError", "DataError", "CheckpointError",
-    "NonFiniteError",
+    "NonFiniteError", "fgsm", "cw_l2", "cw_linf", "deepfool", "atent_attack", "ATTACKS",
+    "evaluate_attacks",
 ]

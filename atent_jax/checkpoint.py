@@ -78,9 +78,18 @@ def _private_copy(tree):
                                 else a, tree)
 
 
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
 def _signature(tree) -> dict:
+  """{'opt_state/1/0/trace/conv1/bias': shape, ...}: named tuples and lists as on disk."""
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(path): tuple(getattr(leaf, "shape", ())) for path, leaf in leaves}
+  return {"/".join(_key_name(k) for k in path): tuple(getattr(leaf, "shape", ()))
+          for path, leaf in leaves}
 
 
 class _Corrupt(Exception):

@@ -69,6 +69,14 @@ def check_keys(config, reference=None) -> None:
                         "experiments/configs/default.py (atent_jax.configuration.default_config)")
 
 
+def _has(config, path) -> bool:
+  try:
+    _get(config, path)
+    return True
+  except (KeyError, AttributeError):
+    return False
+
+
 def _get(config, path):
   value = config
   for part in path.split("."):
@@ -191,11 +199,13 @@ def _validate_more(config, shape, num_classes) -> None:
   if config.model.num_classes != num_classes:
     raise ConfigError(f"config.model.num_classes={config.model.num_classes!r} does not match "
                       f"config.data.dataset={config.data.dataset!r} ({num_classes} classes)")
-  _num(config, "model.dropout_rate", lo=0, hi=1, hi_open=True)
+  if _has(config, "model.dropout_rate"):
+    _num(config, "model.dropout_rate", lo=0, hi=1, hi_open=True)
   for path in ("model.hidden", "model.depth", "model.width", "model.widen_factor"):
-    _num(config, path, lo=1, integer=True)
+    if _has(config, path):
+      _num(config, path, lo=1, integer=True)
   for path in ("model.mean", "model.std"):
-    value = _get(config, path)
+    value = _get(config, path) if _has(config, path) else None
     if value is None:
       continue
     ok = isinstance(value, (tuple, list)) and len(value) == shape[-1] and all(
@@ -206,14 +216,18 @@ def _validate_more(config, shape, num_classes) -> None:
   for path in ("data.num_train", "data.num_eval"):
     if _num(config, path, lo=-1, integer=True) == 0:
       raise ConfigError(f"config.{path}=0 leaves no images: use -1 (all) or a positive count")
-  _num(config, "data.synthetic_examples", lo=1, integer=True)
-  _num(config, "trades_beta", lo=0)
-  _num(config, "mart_beta", lo=0)
-  _num(config, "mma.max_eps", lo=0, lo_open=True)
-  _num(config, "mma.clean_weight", lo=0, hi=1)
-  _num(config, "entropy_sgd.num_steps", lo=1, integer=True)
-  _num(config, "entropy_sgd.gamma", lo=0)
-  _num(config, "entropy_sgd.step_size", lo=0, lo_open=True)
-  _num(config, "entropy_sgd.noise_scale", lo=0)
-  _num(config, "entropy_sgd.alpha", lo=0, hi=1, lo_open=True)
-  _num(config, "noise_aug_sigma", lo=0)
+  for args, kwargs in (
+      ("data.synthetic_examples", dict(lo=1, integer=True)),
+      ("trades_beta", dict(lo=0)),
+      ("mart_beta", dict(lo=0)),
+      ("mma.max_eps", dict(lo=0, lo_open=True)),
+      ("mma.clean_weight", dict(lo=0, hi=1)),
+      ("entropy_sgd.num_steps", dict(lo=1, integer=True)),
+      ("entropy_sgd.gamma", dict(lo=0)),
+      ("entropy_sgd.step_size", dict(lo=0, lo_open=True)),
+      ("entropy_sgd.noise_scale", dict(lo=0)),
+      ("entropy_sgd.alpha", dict(lo=0, hi=1, lo_open=True)),
+      ("noise_aug_sigma", dict(lo=0)),
+  ):
+    if _has(config, args):  # method fields come and go with the methods registry
+      _num(config, args, **kwargs)

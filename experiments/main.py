@@ -5,7 +5,8 @@
 
 Without --config the built-in default (experiments/configs/default.py) runs: ATENT-l_inf on the
 offline MNIST sample. Started again on the same workdir, a run resumes from its last checkpoint.
-User errors (a wrong config key or value, missing data) print one line and exit with code 2.
+User errors (a wrong config key or value, missing data, an unusable or busy workdir, a loss that
+became NaN) print one line and exit with code 2; nothing is written before the checks pass.
 """
 
 import os
@@ -14,23 +15,22 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from atent_jax import cli  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "runs/default", "Directory for config, metrics and checkpoints.")
-config_flags.DEFINE_config_file("config", _DEFAULT, "Training configuration file.",
-                                lock_config=True)
+cli.define_config_file("config", _DEFAULT, "Training configuration file.")
 
 
 def main(argv):
   del argv
   from atent_jax import train
   logging.set_verbosity(logging.WARNING)
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  config = cli.load_config_flag(FLAGS, "config")
+  train.train_and_evaluate(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

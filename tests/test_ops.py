@@ -134,6 +134,10 @@ def test_input_grad_with_closed_over_weights_drops_dw_work():
 def test_impl_switch_and_forward_mode():
   x, w = _data(2, 5, 2, 3, 3)
   assert ops.get_conv_impl() == "auto"
+  auto_jaxpr = str(jax.make_jaxpr(lambda x: ops.conv2d(x, w))(x))
+  # "auto": the custom-VJP conv on CPU only, the plain conv elsewhere.
+  assert ("custom_vjp" in auto_jaxpr) == (jax.default_backend() == "cpu")
+  assert "custom_vjp" not in str(jax.make_jaxpr(lambda x: ops.conv2d(x, w, impl="xla"))(x))
   try:
     ops.set_conv_impl("xla")
     # plain XLA conv: forward mode works

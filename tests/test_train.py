@@ -33,7 +33,6 @@ def _tiny_config(method="atent_linf"):
   config.train.num_epochs = 2
   config.train.progress_bar = False
   config.sampler.num_steps = 3
-  config.sampler.fused = True
   config.eval.num_examples = 64
   config.eval.batch_size = 64
   config.eval.num_steps = 2
@@ -47,6 +46,7 @@ def _batch(n=16):
 
 def test_atent_gradient_is_grad_of_ema_loss_over_constant_samples():
   config = _tiny_config()
+  config.sampler.fused = False  # the two-pass form, as the design states it
   model = models.get_model(config.model)
   tx, _ = train.make_optimizer(config, 4)
   state = train.init_state(config, model, tx, (28, 28, 1))

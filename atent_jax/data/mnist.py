@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -48,10 +49,13 @@ def read_idx(path: str, expected_magic: int) -> np.ndarray:
         raise DataError(f"{path} is not an IDX file of the expected kind (magic {magic:#010x}, "
                         f"expected {expected_magic:#010x}): check config.data.dir")
       ndim = magic & 0xFF
-      dims = struct.unpack(">" + "I" * ndim, f.read(4 * ndim))
+      raw_dims = f.read(4 * ndim)
+      if len(raw_dims) < 4 * ndim:
+        raise DataError(f"{path} is truncated in its header: replace it with a valid IDX file")
+      dims = struct.unpack(">" + "I" * ndim, raw_dims)
       count = int(np.prod(dims))
       data = f.read(count)
-  except (OSError, EOFError, gzip.BadGzipFile) as e:
+  except (OSError, EOFError, gzip.BadGzipFile, zlib.error) as e:
     raise DataError(f"{path} could not be read ({e}): replace it with a valid IDX file") from None
   if len(data) != count:
     raise DataError(f"{path} is truncated: its header says {dims} ({count} bytes) but it holds "
