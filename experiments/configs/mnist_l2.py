@@ -9,20 +9,15 @@ on a validation split.
   python experiments/main.py --config=experiments/configs/mnist_l2.py --workdir=runs/mnist_l2
 """
 
-import importlib.util
 import os
+import sys
 
-
-def _default():
-  spec = importlib.util.spec_from_file_location(
-      "default", os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from config_base import default_config  # noqa: E402
 
 
 def get_config():
-  config = _default()
+  config = default_config()
   config.method = "atent_l2"
   config.model.name = "lenet5"
   config.data.num_validation = 1000

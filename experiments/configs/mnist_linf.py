@@ -9,20 +9,15 @@ whose configuration the paper says it follows, and early stopping on a validatio
 Reduced-scale on the local files: add --config.data.dir=../shared/data/mnist.
 """
 
-import importlib.util
 import os
+import sys
 
-
-def _default():
-  spec = importlib.util.spec_from_file_location(
-      "default", os.path.join(os.path.dirname(os.path.abspath(__file__)), "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from config_base import default_config  # noqa: E402
 
 
 def get_config():
-  config = _default()
+  config = default_config()
   config.method = "atent_linf"
   config.model.name = "small_cnn"
   config.data.num_validation = 1000

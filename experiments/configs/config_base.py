@@ -1,0 +1,23 @@
+"""Loads default.py's get_config() for the experiment configs (configs are files, not a package)."""
+
+import importlib.util
+import os
+
+
+def default_config():
+  spec = importlib.util.spec_from_file_location(
+      "atent_default_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                           "default.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def load(name: str):
+  """get_config() of another config file in this folder (e.g. 'mnist_l2')."""
+  spec = importlib.util.spec_from_file_location(
+      f"atent_config_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                           name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()

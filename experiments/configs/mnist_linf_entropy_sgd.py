@@ -1,0 +1,29 @@
+"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row Entropy-SGD: Chaudhari et al., Algorithm 3 of the paper: K = 5 Langevin steps in weight space, gamma 1e-3.
+
+Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
+sampler and evaluation settings of the table) and changes only the method. Run:
+  python experiments/main.py --config=experiments/configs/mnist_linf_entropy_sgd.py --workdir=runs/mnist_linf_entropy_sgd \
+      --config.data.dir=../shared/data/mnist
+"""
+
+import importlib.util
+import os
+
+import ml_collections
+
+
+def _base_config():
+  """The ATENT row's config of this table, loaded from the sibling file (not a package)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_linf.py")
+  spec = importlib.util.spec_from_file_location("_atent_mnist_linf_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = _base_config()
+  config.method = "entropy_sgd"
+  config.entropy_sgd.num_steps = 5
+  config.entropy_sgd.gamma = 1e-3
+  return config
