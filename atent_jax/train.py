@@ -5,6 +5,11 @@ devices, versions), `metrics.jsonl` (one JSON object per epoch), `checkpoints/` 
 few, orbax) and `best/` (the epoch with the best robust accuracy on the evaluation split).
 Started again on the same workdir, it resumes from the last checkpoint exactly: the data order
 is a function of (seed, epoch) and the step's randomness of (seed, step).
+
+Faults: config, data and workdir are checked before anything is written; WORKDIR/.lock keeps a
+second run out; a run killed at any point resumes bit-identically (on CPU); a corrupt latest
+checkpoint is skipped with a warning; a NaN/Inf stops the run naming the step and quantity, with
+the saves in flight completed (see atent_jax.checkpoint, atent_jax.workdir).
 """
 
 from __future__ import annotations

@@ -1,0 +1,251 @@
+"""The bad-input catalogue: each bad config, data file, array or checkpoint gets one clear line.
+
+Fast: nothing here trains. The CLI cases check exit code 2, a single `error:` line on stderr, no
+traceback, and that the workdir was not created.
+"""
+
+import os
+import struct
+import subprocess
+import sys
+
+import ml_collections
+import numpy as np
+import pytest
+
+from atent_jax import checkpoint as ckpt_lib, models, train
+from atent_jax.configuration import default_config, validate_config
+from atent_jax.data import Dataset, check_images, check_labels, load_dataset
+from atent_jax.errors import CheckpointError, ConfigError, DataError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _set(config, key, value):
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  return config
+
+
+# (key, value, expected words in the message)
+BAD_CONFIGS = [
+    ("train.lerning_rate", 0.1, "did you mean config.train.learning_rate"),
+    ("trian.batch_size", 3, "did you mean config.train.batch_size"),
+    ("sampler.epss", 0.1, "did you mean config.sampler.eps"),
+    ("train.batch_size", "32", "wrong type"),
+    ("train.batch_size", 32.0, "wrong type"),
+    ("train.learning_rate", "0.1", "wrong type"),
+    ("train.nesterov", 1, "True or False"),
+    ("data.dir", None, "use a string"),
+    ("sampler.eps", 0.0, "out of range"),
+    ("sampler.eps", -0.1, "out of range"),
+    ("sampler.eps", 2.0, "(0, 1]"),
+    ("eval.eps", 0.0, "out of range"),
+    ("sampler.num_steps", 0, "out of range"),
+    ("sampler.step_size", 0.0, "out of range"),
+    ("sampler.alpha", 0.0, "(0, 1]"),
+    ("sampler.alpha", 1.5, "(0, 1]"),
+    ("train.learning_rate", float("nan"), "out of range"),
+    ("train.learning_rate", float("inf"), "out of range"),
+    ("train.momentum", 1.0, "out of range"),
+    ("train.num_epochs", 0, "out of range"),
+    ("method", "atnet_linf", "use one of"),
+    ("model.name", "resnet9000", "use one of"),
+    ("data.source", "web", "use one of"),
+    ("model.num_classes", 100, "10 classes"),
+    ("model.std", (0.0,), "all > 0"),
+    ("data.num_train", 0, "leaves no images"),
+    ("sampler.norm", "l2", "does not match"),
+]
+
+
+@pytest.mark.parametrize("key,value,words", BAD_CONFIGS)
+def test_bad_config_value_names_key_and_fix(key, value, words):
+  # As a user's config file or a JSON config may hold it (ConfigDict's own type checks off).
+  config = ml_collections.ConfigDict(default_config().to_dict(), type_safe=False)
+  parent = key.rsplit(".", 1)[0] if "." in key else ""
+  if parent and parent not in config:
+    config[parent] = {}
+  _set(config, key, value)
+  with pytest.raises(ConfigError) as info:
+    validate_config(config)
+  message = str(info.value)
+  assert "\n" not in message and words in message, message
+  assert key.split(".")[-1] in message or "config." in message
+
+
+def test_batch_not_divisible_by_devices():
+  with pytest.raises(ConfigError, match="not divisible by the 3 devices"):
+    validate_config(_set(default_config(), "train.batch_size", 32), num_devices=3)
+
+
+def test_group_replaced_by_a_value_and_missing_key():
+  config = ml_collections.ConfigDict(default_config().to_dict(), type_safe=False)
+  config.model = "small_cnn"
+  with pytest.raises(ConfigError, match="replaces a group"):
+    validate_config(config)
+  config = default_config()
+  del config.train["momentum"]
+  with pytest.raises(ConfigError, match="config.train.momentum is missing"):
+    validate_config(config)
+
+
+# --- arrays -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("images,words", [
+    (np.full((2, 28, 28, 1), 255.0, np.float32), "divide by 255"),
+    (np.full((2, 28, 28, 1), -0.5, np.float32), "outside [0, 1]"),
+    (np.zeros((2, 28, 28, 1), np.uint8), "divide uint8 pixels by 255"),
+    (np.full((2, 28, 28, 1), np.nan, np.float32), "NaN or Inf"),
+    (np.zeros((2, 1, 28, 28), np.float32), "channels first"),
+    (np.zeros((2, 32, 32, 3), np.float32), "model expects"),
+    (np.zeros((28, 28, 1), np.float32), "NHWC"),
+])
+def test_bad_images(images, words):
+  with pytest.raises(DataError, match=None) as info:
+    check_images(images, "images", (28, 28, 1))
+  assert words in str(info.value)
+
+
+def test_bad_labels():
+  with pytest.raises(DataError, match="outside"):
+    check_labels(np.array([0, 10]), 2, 10)
+  with pytest.raises(DataError, match="outside"):
+    check_labels(np.array([-1, 3]), 2, 10)
+  with pytest.raises(DataError, match="expected"):
+    check_labels(np.zeros((2, 1)), 2, 10)
+
+
+def test_supplied_dataset_in_0_255_is_refused_before_anything_is_written(tmp_path):
+  x = np.random.default_rng(0).integers(0, 256, (64, 28, 28, 1)).astype(np.float32)
+  y = np.zeros(64, np.int32)
+  config = default_config()
+  config.method = "sgd"
+  config.train.batch_size = 32
+  ds = Dataset(x, y, x / 255, y, "test", "user arrays")
+  with pytest.raises(DataError, match="divide by 255"):
+    train.train_and_evaluate(config, str(tmp_path / "run"), dataset=ds)
+  assert not os.path.exists(tmp_path / "run")
+
+
+# --- IDX files --------------------------------------------------------------------------------
+
+def _idx(images, labels):
+  img = struct.pack(">IIII", 0x803, len(images), 28, 28) + images.tobytes()
+  lbl = struct.pack(">II", 0x801, len(labels)) + labels.tobytes()
+  return img, lbl
+
+
+def _write_mnist(d, img, lbl, test_img=None, test_lbl=None):
+  os.makedirs(d, exist_ok=True)
+  for name, data in (("train-images-idx3-ubyte", img), ("train-labels-idx1-ubyte", lbl),
+                     ("t10k-images-idx3-ubyte", test_img if test_img is not None else img),
+                     ("t10k-labels-idx1-ubyte", test_lbl if test_lbl is not None else lbl)):
+    with open(os.path.join(d, name), "wb") as f:
+      f.write(data)
+
+
+def _load(d):
+  config = default_config()
+  config.data.source = "idx"
+  config.data.dir = str(d)
+  return load_dataset(config.data)
+
+
+GOOD = _idx(np.zeros((4, 28, 28), np.uint8), np.arange(4, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("case,words", [
+    ("empty", "empty or truncated"),
+    ("truncated", "truncated"),
+    ("header", "truncated in its header"),
+    ("magic", "not an IDX file"),
+    ("gzip", "could not be read"),
+    ("labels", "outside [0, 9]"),
+    ("count", "must match"),
+    ("no_split", "has no"),
+])
+def test_bad_idx_files(tmp_path, case, words):
+  img, lbl = GOOD
+  if case == "empty":
+    img = b""
+  elif case == "truncated":
+    img = img[:-100]
+  elif case == "header":
+    img = img[:8]
+  elif case == "magic":
+    img = b"\x00\x00\x08\x01" + img[4:]
+  elif case == "gzip":
+    img = b"\x1f\x8b" + b"not really gzip" * 10
+  elif case == "labels":
+    lbl = _idx(np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 2, 12], np.uint8))[1]
+  elif case == "count":
+    lbl = _idx(np.zeros((3, 28, 28), np.uint8), np.arange(3, dtype=np.uint8))[1]
+  _write_mnist(tmp_path, img, lbl)
+  if case == "no_split":
+    os.remove(tmp_path / "t10k-images-idx3-ubyte")
+  with pytest.raises(DataError) as info:
+    _load(tmp_path)
+  assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_good_idx_files_load(tmp_path):
+  _write_mnist(tmp_path, *GOOD)
+  ds = _load(tmp_path)
+  assert ds.train_images.shape == (4, 28, 28, 1) and ds.train_images.max() <= 1
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+def test_checkpoint_of_another_model(tmp_path):
+  config = default_config()
+  tx, _ = train.make_optimizer(config, 1)
+  state = train.init_state(config, models.get_model(config.model), tx, (28, 28, 1))
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path), keep=1)
+  ckpts.save(3, state)
+  ckpts.close()
+  config.model.name = "lenet5"
+  other = train.init_state(config, models.get_model(config.model), tx, (28, 28, 1))
+  ckpts = ckpt_lib.RunCheckpoints(str(tmp_path), keep=1)
+  with pytest.raises(CheckpointError, match="does not fit this model"):
+    ckpts.restore_latest(other)
+  ckpts.close()
+  # Through the training entry point, the saved config.json names the key that differs first.
+  with open(tmp_path / "config.json", "w") as f:
+    f.write(default_config().to_json_best_effort())
+  config.method = "atent_linf"
+  before = sorted(os.listdir(tmp_path))
+  with pytest.raises(ConfigError, match="config.model.name='lenet5' differs"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == before
+
+
+# --- the command line -------------------------------------------------------------------------
+
+CLI_CASES = [
+    (["--config.train.lerning_rate=0.1"], "did you mean --config.train.learning_rate"),
+    (["--config.trian.batch_size=3"], "did you mean --config.train.batch_size"),
+    (["--config.train.batch_size=abc"], "has the wrong type: use an integer"),
+    (["--config.sampler.alpha=1.5"], "config.sampler.alpha=1.5 is out of range"),
+    (["--config=does_not_exist.py"], "could not be loaded"),
+    (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "is not a folder"),
+    (["--workdri=x"], "Unknown command line flag"),
+]
+
+
+def test_cli_one_line_exit_2_nothing_written(tmp_path):
+  for args, words in CLI_CASES:
+    workdir = tmp_path / "run"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "main.py"),
+                             f"--workdir={workdir}"] + args, capture_output=True, text=True,
+                            cwd=str(tmp_path), timeout=120)
+    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    assert result.returncode == 2, (args, result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (
+        args, result.stderr)
+    assert "Traceback" not in result.stderr and not result.stdout.strip()
+    assert not workdir.exists(), args
+    assert os.listdir(tmp_path) == [], args

@@ -1,0 +1,60 @@
+"""Data parallelism: a 2-device run gives the parameters of a 1-device run of the same batch.
+
+The devices are CPU devices made with XLA_FLAGS=--xla_force_host_platform_device_count=2, which
+must be set before JAX starts: each run is a subprocess.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import chex
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + '/experiments/configs')
+    import atent_jax, jax
+    from config_base import default_config
+    from atent_jax import train
+    assert len(jax.devices()) == {devices}, jax.devices()
+    c = default_config()
+    c.method = {method!r}
+    c.model.name = {model!r}
+    c.model.depth = 8; c.model.width = 4
+    c.data.dataset = {dataset!r}; c.data.source = 'synthetic'; c.data.synthetic_examples = 64
+    c.train.batch_size = 16; c.train.num_epochs = 1; c.train.progress_bar = False
+    c.sampler.num_steps = 2; c.sampler.eps = 8 / 255 if {dataset!r} == 'cifar10' else 0.3
+    c.eval.num_examples = 16; c.eval.batch_size = 16; c.eval.num_steps = 1
+    c.eval.eps = c.sampler.eps
+    train.train_and_evaluate(c, {workdir!r})
+""")
+
+
+def _train(tmp_path, devices, method, model, dataset):
+  workdir = str(tmp_path / f"{method}_{model}_{devices}dev")
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                      f" --xla_force_host_platform_device_count={devices}").strip()
+  env["JAX_PLATFORMS"] = "cpu"
+  code = _RUN.format(root=ROOT, devices=devices, method=method, model=model, dataset=dataset,
+                     workdir=workdir)
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  from atent_jax import checkpoint
+  _, _, variables = checkpoint.load_run(workdir, "latest")
+  return variables
+
+
+@pytest.mark.parametrize("method,model,dataset", [
+    ("atent_linf", "small_cnn", "mnist"),   # dropout, per-device Langevin sampling
+    ("sgd", "resnet", "cifar10"),           # batch norm: statistics averaged across devices
+])
+def test_two_devices_equal_one_device(tmp_path, method, model, dataset):
+  one = _train(tmp_path, 1, method, model, dataset)
+  two = _train(tmp_path, 2, method, model, dataset)
+  chex.assert_trees_all_close(one, two, rtol=2e-4, atol=2e-5)
