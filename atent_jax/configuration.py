@@ -187,10 +187,11 @@ def validate_config(config, num_devices: int = 1) -> None:
 def _validate_more(config, shape, num_classes) -> None:
   """Types of flags and strings, model and method fields, eps ranges of l_inf balls."""
   for path in ("train.nesterov", "train.progress_bar", "sampler.random_init", "sampler.fused",
-               "eval.random_init", "early_stopping", "data.augment"):
+               "eval.random_init", "early_stopping", "data.augment", "train.mixed_precision"):
     _bool(config, path)
   for path in ("data.dir", "data.tfds_data_dir", "train.init_from"):
     _str(config, path)
+  _validate_distributed(config)
   # Images are in [0, 1]: an l_inf ball of radius >= 1 covers the whole image space.
   for prefix in ("sampler", "eval"):
     if config[prefix].norm == "linf" and config[prefix].eps > 1:
@@ -231,3 +232,21 @@ def _validate_more(config, shape, num_classes) -> None:
   ):
     if _has(config, args):  # method fields come and go with the methods registry
       _num(config, args, **kwargs)
+
+
+def _validate_distributed(config) -> None:
+  """config.distributed: how a multi-host run starts (atent_jax.distributed)."""
+  _choice(config, "distributed.initialize", ("auto", "always", "never"))
+  address = _str(config, "distributed.coordinator_address")
+  if address and (":" not in address or not address.rsplit(":", 1)[1].isdigit()):
+    raise ConfigError(f"config.distributed.coordinator_address={address!r} is not valid: use "
+                      "host:port of process 0 (e.g. '10.0.0.1:1234'), or '' for the environment")
+  n = _num(config, "distributed.num_processes", lo=0, integer=True)
+  pid = _num(config, "distributed.process_id", lo=-1, integer=True)
+  if n and pid >= n:
+    raise ConfigError(f"config.distributed.process_id={pid} is out of range: use 0 to {n - 1} "
+                      f"(config.distributed.num_processes={n})")
+  ids = _str(config, "distributed.local_device_ids")
+  if ids and not all(p.strip().isdigit() for p in ids.split(",")):
+    raise ConfigError(f"config.distributed.local_device_ids={ids!r} is not valid: use device "
+                      "numbers separated by commas (e.g. '0,1,2,3'), or '' for all")

@@ -4,7 +4,15 @@ A run writes into its workdir: `config.json` (the resolved config), `run_info.js
 devices, versions), `metrics.jsonl` (one JSON object per epoch), `checkpoints/` (the latest
 few, orbax) and `best/` (the epoch with the best robust accuracy on the evaluation split).
 Started again on the same workdir, it resumes from the last checkpoint exactly: the data order
-is a function of (seed, epoch) and the step's randomness of (seed, step).
+is a function of (seed, epoch) and the step's randomness (the method's and, with
+config.data.augment, the random crop + flip done inside the jitted step) of (seed, step).
+
+Scale-out: one jitted step over a 1-D 'data' mesh of all devices (`jit` + `NamedSharding`, see
+`data_mesh`); several hosts run one process each (atent_jax.distributed: jax.distributed is
+initialised from config.distributed, each process reads its slice of every global batch, only
+process 0 writes config/metrics files, all processes take part in orbax checkpoints).
+config.train.mixed_precision runs the step's convolutions and matmuls in bfloat16 (float32
+parameters, optimizer, losses and evaluation; see `MixedPrecisionModel`).
 
 Faults: config, data and workdir are checked before anything is written; WORKDIR/.lock keeps a
 second run out; a run killed at any point resumes bit-identically (on CPU); a corrupt latest
@@ -21,6 +29,7 @@ import time
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,7 +38,8 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from atent_jax import attacks, checkpoint as ckpt_lib, methods, models, workdir as workdir_lib
+from atent_jax import attacks, checkpoint as ckpt_lib, distributed, methods, models
+from atent_jax import workdir as workdir_lib
 from atent_jax.data import DATASETS, Dataset, check_images, check_labels, load_dataset
 from atent_jax.errors import ConfigError, DataError, NonFiniteError
 
@@ -71,12 +81,66 @@ def init_state(config, model, tx, input_shape) -> TrainState:
                     accuracy_sum=jnp.zeros((), jnp.float32))
 
 
+class MixedPrecisionModel:
+  """`model` with bfloat16 compute: the methods call it like the flax module (`.apply`).
+
+  Parameters stay float32 (the optimizer and checkpoints see float32): they are cast to
+  `dtype` for the forward pass, and the cast's gradient brings the weight gradients back to
+  float32. The inputs of every nn.Conv and nn.Dense are cast to `dtype` too (the models
+  normalise in float32 and have no `dtype` field), so those layers, and the batch norms between
+  them, compute in `dtype`; batch-norm statistics are computed and kept in float32 (flax). The
+  logits come back as float32, so losses, the EMA over samples and the input gradients that
+  move the ATENT / PGD samples (kept in float32) are float32.
+  """
+
+  def __init__(self, model, dtype=jnp.bfloat16):
+    self.model = model
+    self.dtype = dtype
+
+  def __getattr__(self, name):
+    return getattr(self.model, name)
+
+  def _cast_inputs(self, next_fun, args, kwargs, context):
+    if context.method_name == "__call__" and isinstance(context.module, (nn.Conv, nn.Dense)):
+      args = (jnp.asarray(args[0]).astype(self.dtype),) + tuple(args[1:])
+    return next_fun(*args, **kwargs)
+
+  def apply(self, variables, *args, **kwargs):
+    variables = dict(variables)
+    variables["params"] = jax.tree_util.tree_map(
+        lambda p: p.astype(self.dtype) if jnp.issubdtype(p.dtype, jnp.floating) else p,
+        variables["params"])
+    with nn.intercept_methods(self._cast_inputs):
+      out = self.model.apply(variables, *args, **kwargs)
+    if kwargs.get("mutable"):
+      logits, updates = out
+      return logits.astype(jnp.float32), updates
+    return out.astype(jnp.float32)
+
+
+# The augmentation key of step s is fold_in(PRNGKey(seed + _AUGMENT_SEED_OFFSET), s): its own
+# stream, so turning augmentation on does not change the method's randomness.
+_AUGMENT_SEED_OFFSET = 3
+
+
 def make_train_step(config, model, tx):
-  """train_step(state, images, labels, base_key) -> (state, metrics); pure, to be jitted."""
+  """train_step(state, images, labels, base_key) -> (state, metrics); pure, to be jitted.
+
+  With config.data.augment the batch is randomly cropped (pad 4) and flipped inside the step,
+  on the accelerator, with a key that is a function of (config.seed, step).
+  """
+  if config.train.get("mixed_precision", False):
+    model = MixedPrecisionModel(model)
   grad_fn = methods.make_grad_fn(config, model)
+  augment = bool(config.data.get("augment", False))
+  augment_seed = config.seed + _AUGMENT_SEED_OFFSET
 
   def train_step(state: TrainState, images, labels, base_key):
     rng = jax.random.fold_in(base_key, state.step)
+    if augment:
+      from atent_jax.data.cifar10 import augment_batch
+      aug_key = jax.random.fold_in(jax.random.PRNGKey(augment_seed), state.step)
+      images = augment_batch(aug_key, images)
     loss, grads, new_bs, aux = grad_fn(state.params, state.batch_stats, images, labels, rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
@@ -111,8 +175,12 @@ def make_eval_step(config, model):
   return eval_step
 
 
-def evaluate(eval_step, state, images, labels, batch_size: int, key) -> dict:
-  """Clean and PGD robust accuracy over (images, labels), padded to whole batches."""
+def evaluate(eval_step, state, images, labels, batch_size: int, key, put=None) -> dict:
+  """Clean and PGD robust accuracy over (images, labels), padded to whole batches.
+
+  `put(x, y, mask)`, when given, places a padded batch on the devices (e.g. sharded along the
+  data mesh, or this process's rows of it on several hosts); `batch_size` must then suit it.
+  """
   n = len(labels)
   clean = robust = 0
   for i, start in enumerate(range(0, n, batch_size)):
@@ -123,6 +191,8 @@ def evaluate(eval_step, state, images, labels, batch_size: int, key) -> dict:
       mask[m:] = False
       x = np.concatenate([x, np.repeat(x[:1], batch_size - m, 0)])
       y = np.concatenate([y, np.repeat(y[:1], batch_size - m, 0)])
+    if put is not None:
+      x, y, mask = put(x, y, mask)
     c, r = eval_step(state.params, state.batch_stats, x, y, mask, jax.random.fold_in(key, i))
     clean += int(c)
     robust += int(r)
@@ -172,13 +242,14 @@ def data_mesh() -> Mesh:
   state replicated, XLA averages gradients (and batch-norm statistics) across devices, so a
   2-device run computes what a 1-device run of the same global batch computes.
   """
-  return Mesh(np.asarray(jax.devices()), ("data",))
+  return Mesh(distributed.mesh_devices(), ("data",))
 
 
 # Keys that may change when a run is resumed: they do not change what is trained.
 _RESUMABLE_CHANGES = ("train.num_epochs", "train.progress_bar", "train.log_every_steps",
                       "train.keep_checkpoints", "train.checkpoint_every_steps", "train.init_from",
-                      "data.dir", "data.tfds_data_dir", "eval.", "early_stopping")
+                      "data.dir", "data.tfds_data_dir", "eval.", "early_stopping",
+                      "distributed.")
 
 
 def _check_resume_config(config, workdir: str) -> None:
@@ -193,9 +264,13 @@ def _check_resume_config(config, workdir: str) -> None:
   except (OSError, ValueError):
     return  # an unreadable config.json is rewritten below
   current = _flatten(json.loads(config.to_json_best_effort()))
+  from atent_jax.configuration import default_config
+  defaults = _flatten(json.loads(default_config().to_json_best_effort()))
   for key in sorted(set(saved) | set(current)):
     if key.startswith(_RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
       continue
+    if key not in saved and current.get(key) == defaults.get(key):
+      continue  # a key added to the library after the run started, at its default
     raise ConfigError(
         f"config.{key}={current.get(key)!r} differs from the run in {workdir} "
         f"(config.{key}={saved.get(key)!r}): resume with the run's config or use a new workdir")
@@ -239,8 +314,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   free space, and locked (WORKDIR/.lock) for the run's duration.
   """
   from atent_jax.configuration import validate_config
+  validate_config(config)  # before JAX starts: config.distributed must be usable
+  distributed.initialize(config)  # multi-host: before any JAX computation; else nothing
   mesh = data_mesh()
   validate_config(config, num_devices=mesh.size)
+  multi = distributed.is_multiprocess()
+  if multi:
+    distributed.host_rows(config.train.batch_size, 0, jax.process_count())  # divisible?
   workdir = os.path.abspath(os.fspath(workdir))
   workdir_lib.check_location(workdir)
   if dataset is None:
@@ -269,49 +349,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     print(f"initialised weights from {config.train.init_from}", flush=True)
 
   need = _state_bytes(state) * (config.train.keep_checkpoints + 2) + (1 << 20)
-  workdir_lib.prepare(workdir, need)
-  lock = workdir_lib.RunLock(workdir).acquire()
+  # Several processes share the workdir (a shared file system): process 0 prepares and locks it.
+  primary = distributed.is_primary()
+  if primary:
+    workdir_lib.prepare(workdir, need)
+  lock = workdir_lib.RunLock(workdir).acquire() if primary else None
   checkpoints = None
   try:
+    if multi:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("atent_jax: workdir prepared")
+      # Orbax restores into the template's shardings: the state replicated over all devices.
+      state = distributed.replicate(state, NamedSharding(mesh, P()))
     checkpoints = ckpt_lib.RunCheckpoints(workdir, keep=config.train.keep_checkpoints)
     restored = checkpoints.restore_latest(state)
     if restored is not None:
       state = restored
-    print(f"data: {dataset.describe()}", flush=True)
-    if restored is not None:
+    if primary:
+      print(f"data: {dataset.describe()}", flush=True)
+    if restored is not None and primary:
       print(f"resumed from the checkpoint at step {int(state.step)}", flush=True)
     return _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoints,
                        restored is not None, mesh, steps_per_epoch, total_steps)
   finally:
     if checkpoints is not None:
       checkpoints.close()  # waits for saves in flight: the last good checkpoint is kept
-    lock.release()
+    if lock is not None:
+      lock.release()
 
 
 def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoints, resumed,
                 mesh, steps_per_epoch, total_steps) -> dict:
   batch_size = config.train.batch_size
   n_train = len(dataset.train_labels)
-  _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
-  _write_json(os.path.join(workdir, "run_info.json"), {
-      "data": dataset.describe(), "devices": [str(d) for d in jax.devices()],
-      "jax": jax.__version__, "flax": flax.__version__, "steps_per_epoch": steps_per_epoch,
-      "total_steps": total_steps})
+  primary = distributed.is_primary()  # only process 0 writes the run's files
+  num_processes, process = jax.process_count(), jax.process_index()
+  if primary:
+    _write_json(os.path.join(workdir, "config.json"), json.loads(config.to_json_best_effort()))
+    _write_json(os.path.join(workdir, "run_info.json"), {
+        "data": dataset.describe(), "devices": [str(d) for d in jax.devices()],
+        "processes": num_processes, "jax": jax.__version__, "flax": flax.__version__,
+        "steps_per_epoch": steps_per_epoch, "total_steps": total_steps})
 
   replicated = NamedSharding(mesh, P())
   batch_sharded = NamedSharding(mesh, P("data"))
-  state = jax.device_put(state, replicated)
+  state = distributed.replicate(state, replicated)
   train_step = jax.jit(make_train_step(config, model, tx),
                        in_shardings=(replicated, batch_sharded, batch_sharded, replicated),
                        out_shardings=(replicated, replicated), donate_argnums=(0,))
-  eval_step = jax.jit(make_eval_step(config, model))
+  eval_batch = config.eval.batch_size
+  put_eval = None
+  if mesh.size == 1:
+    eval_step = jax.jit(make_eval_step(config, model))
+  else:
+    # The evaluation batch is sharded too, padded up to a multiple of the device count.
+    eval_batch = -(-eval_batch // mesh.size) * mesh.size
+    eval_step = jax.jit(make_eval_step(config, model),
+                        in_shardings=(replicated, replicated, batch_sharded, batch_sharded,
+                                      batch_sharded, replicated),
+                        out_shardings=(replicated, replicated))
+    rows = distributed.host_rows(eval_batch, process, num_processes)
+
+    def put_eval(*arrays):
+      if num_processes == 1:
+        return tuple(jax.device_put(a, batch_sharded) for a in arrays)
+      return tuple(distributed.global_batch(a[rows], batch_sharded, eval_batch) for a in arrays)
   base_key = jax.random.PRNGKey(config.seed + 1)
   eval_key = jax.random.PRNGKey(config.seed + 2)
 
   metrics_path = os.path.join(workdir, "metrics.jsonl")
   step = int(state.step)
   start_epoch = step // steps_per_epoch
-  _truncate_metrics(metrics_path, start_epoch)
+  if primary:
+    _truncate_metrics(metrics_path, start_epoch)
   last_good = step if resumed else None
   best = checkpoints.best_metric()
   summary: dict = {}
@@ -323,9 +433,14 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
     bar = _progress(config, epoch, steps_per_epoch, first)
     t_epoch = time.time()
     for i in range(first, steps_per_epoch):
-      idx = order[i * batch_size:(i + 1) * batch_size]
-      x = jax.device_put(dataset.train_images[idx], batch_sharded)
-      y = jax.device_put(dataset.train_labels[idx], batch_sharded)
+      if num_processes == 1:
+        idx = order[i * batch_size:(i + 1) * batch_size]
+        x = jax.device_put(dataset.train_images[idx], batch_sharded)
+        y = jax.device_put(dataset.train_labels[idx], batch_sharded)
+      else:  # this process's rows of the global batch
+        idx = distributed.host_batch_indices(order, i, batch_size, process, num_processes)
+        x = distributed.global_batch(dataset.train_images[idx], batch_sharded, batch_size)
+        y = distributed.global_batch(dataset.train_labels[idx], batch_sharded, batch_size)
       new_state, m = train_step(state, x, y, base_key)
       m = {k: float(v) for k, v in m.items()}
       _check_finite(m, step + 1, epoch + 1, workdir, last_good)
@@ -351,7 +466,7 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
       n_eval = config.eval.num_examples
       sl = slice(None) if n_eval < 0 else slice(0, n_eval)
       record.update(evaluate(eval_step, state, dataset.eval_images[sl], dataset.eval_labels[sl],
-                             config.eval.batch_size, eval_key))
+                             eval_batch, eval_key, put=put_eval))
       record["eval_split"] = dataset.eval_split
       record["eval_attack"] = (f"PGD-{config.eval.num_steps} {config.eval.norm} eps "
                                f"{config.eval.eps:g} step {config.eval.step_size:g} restarts "
@@ -359,10 +474,11 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
       record["eval_seconds"] = time.time() - t_eval
     record["wall_time"] = time.time() - t_start
     # Epoch sums start again at zero; saved with the checkpoint so a resumed epoch is exact.
-    state = state.replace(loss_sum=jax.device_put(np.float32(0), replicated),
-                          accuracy_sum=jax.device_put(np.float32(0), replicated))
-    with open(metrics_path, "a") as f:
-      f.write(json.dumps(record) + "\n")
+    state = state.replace(**distributed.replicate(
+        {"loss_sum": np.float32(0), "accuracy_sum": np.float32(0)}, replicated))
+    if primary:
+      with open(metrics_path, "a") as f:
+        f.write(json.dumps(record) + "\n")
     # The best checkpoint first (synchronous): a run killed before the epoch's latest checkpoint
     # is committed re-runs the epoch and finds the same best, already saved.
     if config.early_stopping and "robust_accuracy" in record and (
@@ -372,12 +488,13 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
     checkpoints.save(step, state)
     last_good = step
     summary = record
-    print(json.dumps(record), flush=True)
+    if primary:
+      print(json.dumps(record), flush=True)
   return summary
 
 
 def _progress(config, epoch, total, initial):
-  if not config.train.progress_bar:
+  if not config.train.progress_bar or not distributed.is_primary():
     return None
   from tqdm.auto import tqdm
   return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{config.train.num_epochs}",

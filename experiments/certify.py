@@ -26,7 +26,7 @@ if __package__ in (None, ""):
   if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from absl import app, flags
+from absl import app, logging, flags
 import numpy as np
 
 from atent_jax import smoothing
@@ -156,6 +156,7 @@ def _fail(message: str):
 
 
 def main(argv):
+  logging.set_verbosity(logging.WARNING)  # orbax logs every restore at INFO
   if len(argv) > 1:
     _fail(f"unexpected arguments: {' '.join(argv[1:])}")
   try:

@@ -164,7 +164,8 @@ def main(argv):
 
   apply = lambda v, x: model.apply(v, x, train=False)
   print(f"evaluating {workdir} ({config.method}, {config.model.name}) on {len(labels)} "
-        f"{dataset.eval_split} images: {', '.join(s.get('name') or s['attack'] for s in specs)}",
+        f"{dataset.eval_split} images: "
+        f"{', '.join(evaluation.normalise_spec(s)['name'] for s in specs)}",
         flush=True)
   try:
     results = evaluation.evaluate_attacks(

@@ -4,6 +4,7 @@ The devices are CPU devices made with XLA_FLAGS=--xla_force_host_platform_device
 must be set before JAX starts: each run is a subprocess.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -30,6 +31,7 @@ _RUN = textwrap.dedent("""
     c.sampler.num_steps = 2; c.sampler.eps = 8 / 255 if {dataset!r} == 'cifar10' else 0.3
     c.eval.num_examples = 16; c.eval.batch_size = 16; c.eval.num_steps = 1
     c.eval.eps = c.sampler.eps
+    c.data.augment = {augment}
     train.train_and_evaluate(c, {workdir!r})
 """)
 
@@ -41,20 +43,25 @@ def _train(tmp_path, devices, method, model, dataset):
                       f" --xla_force_host_platform_device_count={devices}").strip()
   env["JAX_PLATFORMS"] = "cpu"
   code = _RUN.format(root=ROOT, devices=devices, method=method, model=model, dataset=dataset,
-                     workdir=workdir)
+                     workdir=workdir, augment=dataset == "cifar10")
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                         timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   from atent_jax import checkpoint
   _, _, variables = checkpoint.load_run(workdir, "latest")
-  return variables
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    metrics = json.loads(f.readline())
+  return variables, metrics
 
 
 @pytest.mark.parametrize("method,model,dataset", [
     ("atent_linf", "small_cnn", "mnist"),   # dropout, per-device Langevin sampling
-    ("sgd", "resnet", "cifar10"),           # batch norm: statistics averaged across devices
-])
+    ("sgd", "resnet", "cifar10"),           # batch norm: statistics averaged across devices;
+])                                          # crop + flip inside the sharded step
 def test_two_devices_equal_one_device(tmp_path, method, model, dataset):
-  one = _train(tmp_path, 1, method, model, dataset)
-  two = _train(tmp_path, 2, method, model, dataset)
+  one, m1 = _train(tmp_path, 1, method, model, dataset)
+  two, m2 = _train(tmp_path, 2, method, model, dataset)
   chex.assert_trees_all_close(one, two, rtol=2e-4, atol=2e-5)
+  # The evaluation batch is sharded across the 2 devices: the same accuracies.
+  assert (m1["clean_accuracy"], m1["robust_accuracy"]) == (m2["clean_accuracy"],
+                                                           m2["robust_accuracy"])

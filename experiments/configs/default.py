@@ -51,6 +51,9 @@ def get_config():
   config.train.log_every_steps = 10
   config.train.progress_bar = True
   config.train.init_from = ""              # a workdir whose weights to fine-tune from
+  # bfloat16 convolutions and matmuls in the training step (params, optimizer, losses, input
+  # samples and the evaluation stay float32); for GPUs/TPUs, slower on CPU.
+  config.train.mixed_precision = False
 
   # The inner maximisation: ATENT's Langevin sampler, and PGD for PGD-AT/TRADES/MART/MMA.
   config.sampler = ml_collections.ConfigDict()
@@ -93,4 +96,14 @@ def get_config():
   config.eval.restarts = 1
   config.eval.random_init = True
   config.early_stopping = True             # keep the checkpoint of the best robust accuracy
+
+  # Multi-host runs (one process per host): jax.distributed.initialize before any computation.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.initialize = "auto"   # auto: when set below or the launcher (SLURM srun,
+  #                                          mpirun, JAX_NUM_PROCESSES, TPU pod) names > 1 process
+  #                                          | always | never (one process)
+  config.distributed.coordinator_address = ""  # host:port of process 0; "": from the environment
+  config.distributed.num_processes = 0     # 0: from the environment
+  config.distributed.process_id = -1       # -1: from the environment
+  config.distributed.local_device_ids = ""  # e.g. "0,1"; "": all of this host's devices
   return config

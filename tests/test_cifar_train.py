@@ -1,0 +1,345 @@
+"""CIFAR-10 training: the paper's configs at reduced size, augmentation inside the step (and
+exact resume with it), batch norm in eval mode during evaluation, the per-host sharding
+arithmetic of multi-host runs, and mixed precision.
+
+Small shapes throughout (synthetic CIFAR-10-shaped data, ResNet depth 8 width 4 / WRN depth 10
+widen 1, K 2), in-process.
+"""
+
+import importlib.util
+import json
+import os
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from atent_jax import distributed, methods, models, train
+from atent_jax.configuration import default_config, validate_config
+from atent_jax.data import load_dataset
+from atent_jax.data.cifar10 import augment_batch
+from atent_jax.errors import ConfigError
+
+_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "experiments", "configs")
+
+CIFAR_CONFIGS = [
+    "cifar10_linf_wrn", "cifar10_linf_wrn_pgd_at", "cifar10_linf_wrn_trades",
+    "cifar10_linf_wrn_finetune", "cifar10_l2_resnet20", "cifar10_l2_resnet20_pgd_at",
+    "cifar10_l2_resnet20_trades", "cifar10_smoothing_atent_l2", "cifar10_smoothing_noise_aug",
+]
+
+
+def _load(name, arg=None):
+  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(_CONFIGS,
+                                                                            name + ".py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _shrink(config, n=32, batch=16):
+  """The reduced size of the tests: tiny nets, n synthetic images, one epoch, K 2."""
+  config.data.source = "synthetic"
+  config.data.synthetic_examples = n
+  config.data.num_validation = min(config.data.num_validation, 8)
+  config.model.depth = 10 if config.model.name == "wide_resnet" else 8
+  config.model.widen_factor = 1
+  config.model.width = 4
+  config.train.num_epochs = 1
+  config.train.batch_size = batch
+  config.train.progress_bar = False
+  config.sampler.num_steps = 2
+  config.sampler.unroll = 0                # a loop, not unrolled: faster to compile
+  config.eval.num_steps = 1
+  config.eval.num_examples = 8
+  config.eval.batch_size = 8
+  return config
+
+
+# ---------------------------------------------------------------------------------- the configs
+
+@pytest.mark.parametrize("name", CIFAR_CONFIGS)
+def test_config_valid(name):
+  config = _load(name)
+  if config.method not in methods.METHODS:
+    pytest.skip(f"method {config.method!r} is not registered yet")
+  validate_config(config)
+  assert config.data.dataset == "cifar10" and config.data.augment
+  assert config.data.eval_split == "validation" and config.early_stopping
+
+
+def test_config_values():
+  wrn = _load("cifar10_linf_wrn")
+  assert (wrn.model.depth, wrn.model.widen_factor, wrn.train.batch_size) == (34, 10, 128)
+  assert (wrn.train.num_epochs, tuple(wrn.train.lr_decay_epochs)) == (76, (75,))
+  assert (wrn.sampler.step_size, wrn.sampler.num_steps, wrn.eval.num_steps) == (0.007, 10, 20)
+  assert wrn.eval.step_size == 0.003 and not wrn.eval.random_init
+  eps1 = _load("cifar10_l2_resnet20", "eps1")
+  assert (eps1.sampler.eps, eps1.sampler.gamma, eps1.sampler.step_size) == (1.0, 0.08, 0.2)
+  half = _load("cifar10_l2_resnet20")
+  assert (half.sampler.eps, half.sampler.gamma, half.train.batch_size) == (0.5, 0.05, 256)
+  smooth = _load("cifar10_smoothing_atent_l2")
+  assert abs(np.sqrt(2 * smooth.sampler.step_size) * smooth.sampler.noise_scale - 0.12) < 1e-9
+  assert smooth.sampler.eps == 0.435
+  fine = _load("cifar10_linf_wrn_finetune")
+  assert (fine.train.learning_rate, fine.train.num_epochs) == (1e-4, 20)
+
+
+_CORE = ("cifar10_linf_wrn", "cifar10_l2_resnet20")
+
+
+@pytest.mark.parametrize("name", [n if n in _CORE else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in CIFAR_CONFIGS])
+def test_config_runs_end_to_end(tmp_path, name):
+  config = _shrink(_load(name))
+  if config.method not in methods.METHODS:
+    pytest.skip(f"method {config.method!r} is not registered yet")
+  out = train.train_and_evaluate(config, str(tmp_path / name))
+  assert np.isfinite(out["train_loss"]) and out["eval_split"] == "validation"
+  assert 0 <= out["robust_accuracy"] <= out["clean_accuracy"] + 1e-9 <= 1 + 1e-9
+  assert os.path.isdir(tmp_path / name / "best")
+
+
+# ---------------------------------------------------------------------------------- augmentation
+
+def _sgd_resnet(**changes):
+  config = _shrink(_load("cifar10_l2_resnet20"), n=64)
+  config.method = "sgd"
+  config.eval.num_examples = 8
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+@pytest.fixture(scope="module")
+def resnet_setup():
+  """A tiny ResNet trained by SGD with augmentation on: its state, data and jitted steps (with
+  and without augmentation), shared by the tests below (one compilation each)."""
+  config = _sgd_resnet()
+  model = models.get_model(config.model)
+  tx, _ = train.make_optimizer(config, 4)
+  state = train.init_state(config, model, tx, (32, 32, 3))
+  ds = load_dataset(config.data)
+  x, y = ds.train_images[:16], ds.train_labels[:16]
+  with_aug = jax.jit(train.make_train_step(config, model, tx))
+  without = jax.jit(train.make_train_step(_sgd_resnet(**{"data.augment": False}), model, tx))
+  return dict(config=config, model=model, tx=tx, state=state, ds=ds, x=x, y=y,
+              with_aug=with_aug, without=without)
+
+
+def test_augmentation_inside_the_step_is_a_function_of_seed_and_step(resnet_setup):
+  r = resnet_setup
+  config, x, y = r["config"], r["x"], r["y"]
+  state = r["state"].replace(step=jnp.asarray(5, jnp.int32))
+  key = jax.random.PRNGKey(1)
+  # The step augments with the key fold_in(PRNGKey(seed + 3), step), inside the jitted step.
+  x_aug = augment_batch(jax.random.fold_in(jax.random.PRNGKey(config.seed + 3), 5), x)
+  assert not np.allclose(np.asarray(x_aug), x)
+  a, ma = r["with_aug"](state, x, y, key)
+  b, mb = r["without"](state, x_aug, y, key)
+  chex.assert_trees_all_close(a.params, b.params, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(float(ma["loss"]), float(mb["loss"]), rtol=1e-5)
+  _, mc = r["without"](state, x, y, key)
+  assert abs(float(mc["loss"]) - float(ma["loss"])) > 1e-6
+  # Another step, another crop/flip.
+  _, md = r["with_aug"](state.replace(step=jnp.asarray(6, jnp.int32)), x, y, key)
+  assert float(md["loss"]) != float(ma["loss"])
+
+
+def test_resume_with_augmentation_is_exact(tmp_path):
+  """Augmentation on: resuming from a mid-epoch checkpoint gives the parameters, metrics and
+  best checkpoint of the uninterrupted run (end-of-epoch resume: tests/test_train.py)."""
+  # 64 images - 8 held out = 56: 3 steps of 16 an epoch; a checkpoint every 2 steps and at
+  # the end of each epoch.
+  config = _sgd_resnet(**{"train.num_epochs": 2, "train.checkpoint_every_steps": 2,
+                          "train.keep_checkpoints": 5})
+  assert config.data.augment
+  full = str(tmp_path / "full")
+  train.train_and_evaluate(config, full)
+  assert _steps(full) == [2, 3, 4, 6]
+  # As if killed after the mid-epoch checkpoint at step 4 was saved (before step 6's):
+  # resuming re-runs steps 5 and 6 with the same crops and flips.
+  part = str(tmp_path / "part")
+  shutil.copytree(full, part)
+  shutil.rmtree(os.path.join(part, "checkpoints", "6"))
+  train.train_and_evaluate(config, part)
+  chex.assert_trees_all_equal(_latest(full), _latest(part))
+  assert _metrics(full) == _metrics(part)
+  with open(os.path.join(full, "best", "metrics.json")) as f, \
+       open(os.path.join(part, "best", "metrics.json")) as g:
+    assert _drop_times(json.load(f)) == _drop_times(json.load(g))
+
+
+def _steps(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit())
+
+
+_TIME_KEYS = ("epoch_train_seconds", "eval_seconds", "wall_time")
+
+
+def _drop_times(record):
+  return {k: v for k, v in record.items() if k not in _TIME_KEYS}
+
+
+def _metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [_drop_times(json.loads(l)) for l in f if l.strip()]
+
+
+def _latest(workdir):
+  from atent_jax import checkpoint
+  return checkpoint.load_run(workdir, "latest")[2]
+
+
+# ------------------------------------------------------------------- batch norm during evaluation
+
+def test_evaluation_keeps_batch_stats_and_is_per_example(resnet_setup):
+  r = resnet_setup
+  config, model, state, ds = r["config"], r["model"], r["state"], r["ds"]
+  config = _sgd_resnet(**{"eval.random_init": False, "eval.num_steps": 2})
+  # Two train steps: running statistics away from their initial values.
+  for _ in range(2):
+    state, _ = r["with_aug"](state, r["x"], r["y"], jax.random.PRNGKey(0))
+  before = jax.tree_util.tree_map(np.array, state.batch_stats)
+  init = jax.tree_util.tree_map(np.array, r["state"].batch_stats)
+  assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(before),
+                                                        jax.tree_util.tree_leaves(init)))
+  eval_step = jax.jit(train.make_eval_step(config, model))
+  key = jax.random.PRNGKey(2)
+  big = train.evaluate(eval_step, state, ds.eval_images[:16], ds.eval_labels[:16], 16, key)
+  chex.assert_trees_all_equal(before, jax.tree_util.tree_map(np.array, state.batch_stats))
+  # The attack sees the model in eval mode, which is per example: batches of 16 and of 5
+  # (padded) give the same counts; train-mode batch statistics would not.
+  small = train.evaluate(eval_step, state, ds.eval_images[:16], ds.eval_labels[:16], 5, key)
+  assert big == small
+
+
+# ------------------------------------------------------------------ multi-host sharding arithmetic
+
+@pytest.mark.parametrize("processes", [1, 2, 4, 8])
+def test_host_rows_partition_every_global_batch(processes):
+  batch, n = 32, 200
+  order = np.random.default_rng([0, 3]).permutation(n)
+  for step in range(n // batch):
+    parts = [distributed.host_batch_indices(order, step, batch, p, processes)
+             for p in range(processes)]
+    assert all(len(p) == batch // processes for p in parts)
+    # Process p's rows are the p-th contiguous slice; together, the global batch in order.
+    np.testing.assert_array_equal(np.concatenate(parts), order[step * batch:(step + 1) * batch])
+  rows = [distributed.host_rows(batch, p, processes) for p in range(processes)]
+  assert rows[0].start == 0 and rows[-1].stop == batch
+  assert all(a.stop == b.start for a, b in zip(rows, rows[1:]))
+
+
+def test_host_rows_errors():
+  with pytest.raises(ConfigError, match="not divisible by the 3 processes"):
+    distributed.host_rows(32, 0, 3)
+  with pytest.raises(ValueError):
+    distributed.host_rows(32, 2, 2)
+
+
+def test_single_process_paths_are_the_plain_ones():
+  assert jax.process_count() == 1 and distributed.is_primary()
+  assert list(distributed.mesh_devices()) == jax.devices()
+  mesh = train.data_mesh()
+  sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  x = np.arange(4 * len(jax.devices()) * 3, dtype=np.float32).reshape(-1, 3)
+  # This process's rows (all of them) make the global array.
+  glob = distributed.global_batch(x[distributed.host_rows(len(x), 0, 1)], sharding, len(x))
+  np.testing.assert_array_equal(np.asarray(glob), x)
+
+
+def test_initialize_only_when_asked(monkeypatch):
+  for name in ("JAX_COORDINATOR_ADDRESS", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "SLURM_STEP_ID",
+               "TPU_WORKER_HOSTNAMES"):
+    monkeypatch.delenv(name, raising=False)
+  d = default_config().distributed
+  assert not distributed.wants_initialize(d)
+  assert distributed.initialize(default_config()) is False  # single process: nothing happens
+  monkeypatch.setenv("SLURM_NTASKS", "4")
+  assert not distributed.wants_initialize(d)  # the sbatch script itself
+  monkeypatch.setenv("SLURM_STEP_ID", "0")
+  assert distributed.wants_initialize(d)       # a task started by srun
+  d.initialize = "never"
+  assert not distributed.wants_initialize(d)
+  monkeypatch.delenv("SLURM_NTASKS")
+  d.initialize = "auto"
+  d.coordinator_address = "10.0.0.1:1234"
+  assert distributed.wants_initialize(d)
+
+
+@pytest.mark.parametrize("key,value,words", [
+    ("distributed.initialize", "sometimes", "use one of"),
+    ("distributed.coordinator_address", "10.0.0.1", "host:port"),
+    ("distributed.num_processes", -1, "out of range"),
+    ("distributed.local_device_ids", "0;1", "separated by commas"),
+])
+def test_bad_distributed_and_precision_config(key, value, words):
+  config = default_config()
+  group, leaf = key.split(".")
+  config[group][leaf] = value
+  with pytest.raises(ConfigError, match=words):
+    validate_config(config)
+
+
+def test_process_id_out_of_range():
+  config = default_config()
+  config.distributed.num_processes = 2
+  config.distributed.process_id = 2
+  with pytest.raises(ConfigError, match="process_id=2 is out of range"):
+    validate_config(config)
+
+
+# ---------------------------------------------------------------------------------- mixed precision
+
+def test_mixed_precision_off_is_the_float32_step(resnet_setup):
+  r = resnet_setup
+  config, model, tx, state, x, y = (r[k] for k in ("config", "model", "tx", "state", "x", "y"))
+  assert not config.train.mixed_precision
+  key = jax.random.PRNGKey(0)
+  new, m = r["without"](state, x, y, key)
+  # The reference: the method's gradient on the plain model, one optimizer update.
+  import optax
+  grad_fn = methods.make_grad_fn(config, model)
+
+  def reference(state):
+    loss, grads, _, _ = grad_fn(state.params, state.batch_stats, x, y, jax.random.fold_in(key, 0))
+    updates, _ = tx.update(grads, state.opt_state, state.params)
+    return loss, optax.apply_updates(state.params, updates)
+
+  loss, params = jax.jit(reference)(state)
+  chex.assert_trees_all_close(new.params, params, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(float(m["loss"]), float(loss), rtol=1e-6)
+  assert all(a.dtype == jnp.float32 for a in jax.tree_util.tree_leaves(new.params))
+
+
+def test_mixed_precision_on_runs_in_bfloat16_with_float32_state(resnet_setup):
+  r = resnet_setup
+  model, tx, state, x, y = (r[k] for k in ("model", "tx", "state", "x", "y"))
+  config = _sgd_resnet(**{"train.mixed_precision": True, "data.augment": False})
+  step = train.make_train_step(config, model, tx)
+  key = jax.random.PRNGKey(0)
+  lowered = jax.jit(step).lower(state, x, y, key)
+  assert "bf16" in lowered.as_text()  # convolutions in bfloat16
+  new, m = lowered.compile()(state, x, y, key)
+  assert np.isfinite(float(m["loss"])) and np.isfinite(float(m["grad_norm"]))
+  for tree in (new.params, new.batch_stats, new.opt_state):
+    assert all(a.dtype in (jnp.float32, jnp.int32) for a in jax.tree_util.tree_leaves(tree))
+  # Close to the float32 step (bfloat16 keeps ~3 significant digits).
+  _, m32 = r["without"](state, x, y, key)
+  assert abs(float(m["loss"]) - float(m32["loss"])) < 0.05 * abs(float(m32["loss"]))
+  # The wrapped model returns float32 logits close to the float32 model's.
+  mp = train.MixedPrecisionModel(model)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = mp.apply(variables, x[:2], train=False)
+  assert logits.dtype == jnp.float32
+  np.testing.assert_allclose(logits, model.apply(variables, x[:2], train=False), atol=0.1)
