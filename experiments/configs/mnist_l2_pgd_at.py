@@ -6,23 +6,17 @@ sampler and evaluation settings of the table) and changes only the method. Run:
       --config.data.dir=../shared/data/mnist
 """
 
-import importlib.util
 import os
+import sys
 
 import ml_collections
 
-
-def _base_config():
-  """The ATENT row's config of this table, loaded from the sibling file (not a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "mnist_l2.py")
-  spec = importlib.util.spec_from_file_location("_atent_mnist_l2_config", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from config_base import load  # noqa: E402
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = _base_config()
+  config = load("mnist_l2")
   config.method = "pgd_at"
   config.sampler.random_init = True
   return config
