@@ -27,6 +27,9 @@ import time
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(_HERE))
+sys.path.insert(0, _HERE)
+
+import memory_probe  # noqa: E402
 
 # name -> (config.method, extra config overrides)
 VARIANTS = {
@@ -59,26 +62,6 @@ def _config(variant: str, K: int, batch: int):
   return config
 
 
-def _rss_kb(field: str):
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith(field + ":"):
-          return int(line.split()[1])
-  except OSError:
-    return None
-  return None
-
-
-def _reset_peak_rss() -> bool:
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
 def run_child(variant: str, K: int, batch: int, repeats: int, warmup: int) -> dict:
   """One (variant, K) measurement in this process."""
   import atent_jax  # noqa: F401  (sets the CPU XLA flags before JAX starts)
@@ -105,10 +88,10 @@ def run_child(variant: str, K: int, batch: int, repeats: int, warmup: int) -> di
   # Memory of one step (before any timing: freed heap pages would hide the next peak).
   device = jax.devices()[0]
   peak_mb = None
-  if device.platform == "cpu" and _reset_peak_rss():
-    base = _rss_kb("VmRSS")
+  if device.platform == "cpu" and memory_probe.reset_peak():
+    base = memory_probe.rss_kb("VmRSS")
     jax.block_until_ready(step(state, x, y, key))
-    peak_mb = (_rss_kb("VmHWM") - base) / 1024
+    peak_mb = (memory_probe.rss_kb("VmHWM") - base) / 1024
   else:
     jax.block_until_ready(step(state, x, y, key))
     stats = device.memory_stats() or {}
@@ -175,7 +158,6 @@ def main(argv=None) -> None:
     print(json.dumps(rec), flush=True)
 
   if a.reference:
-    sys.path.insert(0, _HERE)
     import torch_reference
     for m, k in jobs:
       if m not in torch_reference.METHODS:

@@ -48,7 +48,9 @@ import sys
 import time
 from typing import Callable
 
-import torch
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import memory_probe  # noqa: E402
+import torch  # noqa: E402
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -202,13 +204,13 @@ def make_step(method: str, K: int = 10, batch: int = 128, seed: int = 0,
 
 
 def time_step(method: str, K: int, batch: int = 128, repeats: int = 5, warmup: int = 2,
-              seed: int = 0, with_cpu: bool = False):
+              seed: int = 0, with_cpu: bool = False, threads: int = 2):
   """Median wall time (ms) of one training step after `warmup` untimed steps.
 
   With with_cpu=True returns (wall_ms, cpu_ms): cpu_ms is the median process CPU time (all
   threads) per step, less sensitive than wall time to other processes sharing the cores.
   """
-  step = make_step(method, K, batch, seed)
+  step = make_step(method, K, batch, seed, threads)
   for _ in range(warmup):
     step()
   times, cpu = [], []
@@ -221,37 +223,15 @@ def time_step(method: str, K: int, batch: int = 128, repeats: int = 5, warmup: i
   return (wall, 1e3 * statistics.median(cpu)) if with_cpu else wall
 
 
-def _rss_kb(field: str) -> int | None:
-  """VmRSS / VmHWM of this process in KiB from /proc (Linux), None elsewhere."""
-  try:
-    with open("/proc/self/status") as f:
-      for line in f:
-        if line.startswith(field + ":"):
-          return int(line.split()[1])
-  except OSError:
-    pass
-  return None
-
-
-def _reset_peak_rss() -> bool:
-  """Resets VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
-  try:
-    with open("/proc/self/clear_refs", "w") as f:
-      f.write("5")
-    return True
-  except OSError:
-    return False
-
-
 def _memory_child(method: str, K: int, batch: int) -> None:
   step = make_step(method, K, batch)
   # No warm-up step: memory freed by an earlier step may stay in the process (glibc heap) and
   # hide the next step's peak. The first step's extra lazy allocations (SGD momentum buffers,
   # 1.3 MB; thread pools) are small.
-  if _reset_peak_rss() and _rss_kb("VmHWM") is not None:
-    base = _rss_kb("VmRSS")
+  if memory_probe.reset_peak() and memory_probe.rss_kb("VmHWM") is not None:
+    base = memory_probe.rss_kb("VmRSS")
     step()
-    peak, how = _rss_kb("VmHWM"), "VmHWM after clear_refs"
+    peak, how = memory_probe.rss_kb("VmHWM"), "VmHWM after clear_refs"
   else:  # fallback: ru_maxrss (KiB on Linux), only meaningful when the step exceeds import peaks
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()
@@ -284,6 +264,9 @@ def main(argv=None) -> None:
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
+  p.add_argument("--threads", type=int, default=2,
+                 help="torch threads (2; on a machine shared with other jobs 2 threads can be "
+                      "4-5x slower than 1 because of OpenMP waits on descheduled threads)")
   p.add_argument("--memory", action="store_true", help="also measure peak RSS (subprocess)")
   p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
@@ -294,7 +277,8 @@ def main(argv=None) -> None:
   for method in a.methods.split(","):
     ks = [0] if method == "sgd" else [int(k) for k in a.K.split(",")]
     for K in ks:
-      wall, cpu = time_step(method, K, a.batch, a.repeats, a.warmup, with_cpu=True)
+      wall, cpu = time_step(method, K, a.batch, a.repeats, a.warmup, with_cpu=True,
+                            threads=a.threads)
       rec = {"impl": "torch_reference", "method": method, "K": K, "batch": a.batch,
              "ms_per_step": round(wall, 1), "cpu_ms_per_step": round(cpu, 1),
              "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2)}
