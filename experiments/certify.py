@@ -50,6 +50,9 @@ def define_flags():
   flags.DEFINE_integer("batch_size", 1000, "Noisy copies per forward pass.")
   flags.DEFINE_list("radii", ["0", "0.25", "0.435", "0.5", "1.0"],
                     "l_2 radii at which to report certified accuracy.")
+  flags.DEFINE_enum("split", "test", ["test", "validation", "eval"],
+                    "Data to certify: the whole test set (default), the validation split, or "
+                    "the split the run reported on during training.")
   flags.DEFINE_integer("seed", 0, "PRNG seed; example i uses fold_in(key(seed), i).")
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
@@ -179,7 +182,7 @@ def main(argv):
     from atent_jax.data import load_eval_split  # pylint: disable=import-outside-toplevel
 
     logits_fn = load_classifier(workdir)
-    images, labels = load_eval_split(workdir)
+    images, labels = load_eval_split(workdir, FLAGS.split)
     indices = np.arange(0, len(images), skip)[:num_examples]
     if indices.size == 0:
       raise ConfigError(f"the evaluation split of {workdir} is empty")

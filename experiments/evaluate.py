@@ -4,7 +4,7 @@
       [--num_examples=N] [--batch_size=500] [--restarts=1] [--eps=...] [--which=best]
 
 Loads the run's model in eval mode (atent_jax.load_run: the best checkpoint, else the latest)
-and its evaluation split (atent_jax.data.load_dataset(config.data)), runs the attacks with
+and a split of its data (default: the whole test set; --split), runs the attacks with
 atent_jax.evaluation.evaluate_attacks and writes
   RUN/robustness.json  clean accuracy; per attack name, norm, eps, steps, restarts, robust
                        accuracy, number of examples; the sanity checks and their warnings
@@ -43,8 +43,10 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run to evaluate.")
 flags.DEFINE_list("attacks", [], "Attacks to run (see the module docstring); empty: the default "
                   "set for the run's norm.")
-flags.DEFINE_integer("num_examples", -1, "Evaluate the first N examples of the evaluation split "
-                     "(-1: all).")
+flags.DEFINE_enum("split", "test", ["test", "validation", "eval"],
+                  "Which data to attack: the whole test set (default), the validation split "
+                  "held out of the training images, or the split the run reported on.")
+flags.DEFINE_integer("num_examples", -1, "Evaluate the first N examples of the split (-1: all).")
 flags.DEFINE_integer("batch_size", 500, "Examples per attack call.")
 flags.DEFINE_integer("restarts", 1, "Random restarts of the PGD attacks (and CW-l_inf's PGD).")
 flags.DEFINE_float("eps", None, "Radius for every attack (overrides the defaults).")
@@ -158,13 +160,14 @@ def main(argv):
     data_config = config.data.copy_and_resolve_references()
     data_config.dir = FLAGS.data_dir
   dataset = load_dataset(data_config)
-  images, labels = dataset.eval_images, dataset.eval_labels
+  images, labels = dataset.split(FLAGS.split)
+  split_name = dataset.eval_split if FLAGS.split == "eval" else FLAGS.split
   if FLAGS.num_examples > 0:
     images, labels = images[:FLAGS.num_examples], labels[:FLAGS.num_examples]
 
   apply = lambda v, x: model.apply(v, x, train=False)
   print(f"evaluating {workdir} ({config.method}, {config.model.name}) on {len(labels)} "
-        f"{dataset.eval_split} images: "
+        f"{split_name} images: "
         f"{', '.join(evaluation.normalise_spec(s)['name'] for s in specs)}",
         flush=True)
   try:
@@ -175,13 +178,13 @@ def main(argv):
   except ValueError as e:  # bad attack arguments
     raise ConfigError(str(e)) from None
   results.update({"workdir": os.path.abspath(workdir), "method": config.method,
-                  "model": config.model.name, "eval_split": dataset.eval_split,
+                  "model": config.model.name, "eval_split": split_name,
                   "checkpoint": FLAGS.which, "seed": FLAGS.seed})
   with open(os.path.join(workdir, "robustness.json"), "w") as f:
     json.dump(results, f, indent=2, default=str)
   table = evaluation.markdown_table([(config.method, results)])
   lines = [f"# Robustness of {os.path.basename(os.path.abspath(workdir))}", "",
-           f"Robust accuracy (%) on {len(labels)} {dataset.eval_split} images "
+           f"Robust accuracy (%) on {len(labels)} {split_name} images "
            f"({dataset.source}); model {config.model.name}, eval mode.", "", table]
   lines.append("Attacks: " + "; ".join(
       f"{r['name']}: {r['attack']} {r['norm']} eps {r['eps']:g}, {r['steps']} steps, "

@@ -28,6 +28,19 @@ class Dataset:
   source: str                   # a sentence saying where the data came from
   validation_images: np.ndarray | None = None
   validation_labels: np.ndarray | None = None
+  test_images: np.ndarray | None = None
+  test_labels: np.ndarray | None = None
+
+  def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images, labels) of 'test' (the whole test set), 'validation' or 'eval'."""
+    if name == "eval":
+      return self.eval_images, self.eval_labels
+    if name == "test":
+      return self.test_images, self.test_labels
+    if name == "validation" and self.validation_labels is not None:
+      return self.validation_images, self.validation_labels
+    raise DataError(f"split {name!r} is not available: use 'test', or 'validation' with "
+                    "config.data.num_validation > 0")
 
   @property
   def num_classes(self) -> int:
@@ -162,11 +175,15 @@ def load_dataset(data_config) -> Dataset:
   num_eval = data_config.get("num_eval", -1)
   if num_eval and num_eval > 0:
     eval_x, eval_y = eval_x[:num_eval], eval_y[:num_eval]
-  return Dataset(train_x, train_y, eval_x, eval_y, eval_split, source, val_x, val_y)
+  return Dataset(train_x, train_y, eval_x, eval_y, eval_split, source, val_x, val_y, test_x,
+                 test_y)
 
 
-def load_eval_split(workdir: str) -> tuple[np.ndarray, np.ndarray]:
-  """The evaluation split (images, labels) that the run in `workdir` was configured with."""
+def load_eval_split(workdir: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of a split of the data the run in `workdir` was trained with.
+
+  'test' (default) is the whole test set, for final reports; 'validation' the held-out part of
+  the training images; 'eval' the split the run reported metrics on during training.
+  """
   from atent_jax.checkpoint import load_config
-  ds = load_dataset(load_config(workdir).data)
-  return ds.eval_images, ds.eval_labels
+  return load_dataset(load_config(workdir).data).split(split)

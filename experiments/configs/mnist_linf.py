@@ -21,6 +21,7 @@ def get_config():
   config.method = "atent_linf"
   config.model.name = "small_cnn"
   config.data.num_validation = 1000
+  config.data.eval_split = "validation"  # early stopping; report with experiments/evaluate.py
   config.train.num_epochs = 100
   config.train.batch_size = 128
   config.train.learning_rate = 0.01
