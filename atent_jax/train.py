@@ -398,7 +398,7 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
                        in_shardings=(replicated, batch_sharded, batch_sharded, replicated),
                        out_shardings=(replicated, replicated), donate_argnums=(0,))
   eval_batch = config.eval.batch_size
-  put_eval = None
+  shard_eval_batch = None
   if mesh.size == 1:
     eval_step = jax.jit(make_eval_step(config, model))
   else:
@@ -410,7 +410,7 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
                         out_shardings=(replicated, replicated))
     rows = distributed.host_rows(eval_batch, process, num_processes)
 
-    def put_eval(*arrays):
+    def shard_eval_batch(*arrays):
       if num_processes == 1:
         return tuple(jax.device_put(a, batch_sharded) for a in arrays)
       return tuple(distributed.global_batch(a[rows], batch_sharded, eval_batch) for a in arrays)
@@ -466,7 +466,7 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
       n_eval = config.eval.num_examples
       sl = slice(None) if n_eval < 0 else slice(0, n_eval)
       record.update(evaluate(eval_step, state, dataset.eval_images[sl], dataset.eval_labels[sl],
-                             eval_batch, eval_key, put=put_eval))
+                             eval_batch, eval_key, put=shard_eval_batch))
       record["eval_split"] = dataset.eval_split
       record["eval_attack"] = (f"PGD-{config.eval.num_steps} {config.eval.norm} eps "
                                f"{config.eval.eps:g} step {config.eval.step_size:g} restarts "
