@@ -198,6 +198,8 @@ class RunCheckpoints:
       self.best.save(step, args=ocp.args.StandardSave(_private_copy(_template(state))),
                      force=True)
       self.best.wait_until_finished()
+    if jax.process_index() != 0:  # one writer of best/metrics.json on several hosts
+      return
     tmp = os.path.join(self.workdir, "best", "metrics.json.tmp")
     with open(tmp, "w") as f:
       json.dump(record, f, indent=2)
