@@ -49,7 +49,7 @@ def _from_loss(loss_fn):
 
 
 def _unroll(config):
-  return _methods()._unroll(config)  # pylint: disable=protected-access
+  return _methods().unroll_from_config(config)
 
 # MMA: bisection steps along the PGD direction to locate the margin point (not a config field).
 MMA_BISECTION_STEPS = 10

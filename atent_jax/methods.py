@@ -62,9 +62,16 @@ def _from_loss(loss_fn) -> GradFn:
   return grad_fn
 
 
-def _unroll(config):
+def unroll_from_config(config):
+  """config.sampler.unroll -> lax.fori_loop's unroll: -1 backend default (None), 0 fully
+  unrolled (True), 1 rolled, k > 1 unrolled by k."""
   u = config.sampler.unroll
-  return None if u is None or u < 0 else bool(u) if u in (0, 1) else int(u)
+  if u is None or u < 0:
+    return None
+  return True if u == 0 else int(u)
+
+
+_unroll = unroll_from_config
 
 
 # --- clean SGD --------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ def make_eval_step(config, model):
   The model is in eval mode for the clean pass and for the attack (config.eval's PGD).
   """
   e = config.eval
-  unroll = None if config.sampler.unroll < 0 else bool(config.sampler.unroll)
+  unroll = methods.unroll_from_config(config)
 
   def eval_step(params, batch_stats, x, y, mask, key):
     logits_fn = methods.eval_logits_fn(model, params, batch_stats)

@@ -39,6 +39,7 @@ VARIANTS = {
     "atent_linf": ("atent_linf", {}),
     "atent_linf_tol1e-3": ("atent_linf", {"sampler.ema_tolerance": 1e-3}),
     "atent_linf_two_pass": ("atent_linf", {"sampler.fused": False}),
+    "atent_linf_rolled": ("atent_linf", {"sampler.unroll": 1}),
     "atent_l2": ("atent_l2", {"sampler.norm": "l2", "sampler.eps": 2.0, "sampler.step_size": 0.25,
                               "sampler.gamma": 0.05}),
 }

@@ -66,7 +66,7 @@ def get_config():
   config.sampler.alpha = 0.9               # EMA of the sample losses
   config.sampler.random_init = True
   config.sampler.update_rule = "code"      # code (authors' code, the tables) | paper (Eq. 8)
-  config.sampler.unroll = -1               # -1: backend default (unrolled on CPU)
+  config.sampler.unroll = -1               # -1: backend default (CPU: unrolled), 0: unrolled, 1: rolled, k: by k
   config.sampler.fused = True              # ATENT: one forward/backward per Langevin step
   config.sampler.ema_tolerance = 0.0       # skip weight gradients of samples with EMA weight below
 

@@ -1,0 +1,261 @@
+"""Figures of the paper, as analogues: training curves (Figure 2) and toy decision boundaries
+(Figure 1).
+
+  # Figure 2 analogue: clean / robust accuracy per epoch and the training loss of any runs
+  python experiments/figures.py curves --workdirs=runs/table2/sgd,runs/table2/atent_linf \
+      [--labels=SGD,ATENT] --out=results/table2/training_curves.png
+
+  # Figure 1 analogue: decision boundaries of SGD, PGD-AT, TRADES and l_inf-ATENT on two
+  # interleaved moons in [0, 1]^2 (a small flax MLP, the library's training step); ~30 s on CPU
+  python experiments/figures.py toy --out=results/figure1_toy.png [--eps=0.06] [--steps=600]
+
+`curves` reads each workdir's metrics.jsonl only (a results folder works as well as a run).
+`toy` trains each method with atent_jax.train.make_train_step (methods.make_grad_fn of
+config.method) on the same data, initialisation and number of steps, and titles each panel with
+its clean and PGD-20 robust accuracy on held-out points.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def _plt():
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  return plt
+
+
+# --- Figure 2 analogue: training curves -------------------------------------------------------
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{workdir} holds no metrics.jsonl: pass a training run's workdir")
+  records = []
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        records.append(json.loads(line))
+  return records
+
+
+def training_curves(workdirs, out: str, labels=None, title: str | None = None) -> str:
+  """One PNG, three panels: clean and robust accuracy (the evaluation split) per epoch, and the
+  mean training loss per epoch, one line per workdir. Returns `out`."""
+  plt = _plt()
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  labels = list(labels) if labels else [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(labels) != len(workdirs):
+    raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs")
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+  split, attack = "evaluation split", ""
+  for w, label in zip(workdirs, labels):
+    records = read_metrics(w)
+    ev = [r for r in records if "robust_accuracy" in r]
+    if ev:
+      split = ev[-1].get("eval_split", split) + " split"
+      attack = ev[-1].get("eval_attack", attack)
+      epochs = [r["epoch"] for r in ev]
+      axes[0].plot(epochs, [100 * r["clean_accuracy"] for r in ev], marker="o", ms=3,
+                   label=label)
+      axes[1].plot(epochs, [100 * r["robust_accuracy"] for r in ev], marker="o", ms=3,
+                   label=label)
+    axes[2].plot([r["epoch"] for r in records], [r["train_loss"] for r in records], marker="o",
+                 ms=3, label=label)
+  axes[0].set_title(f"clean accuracy ({split})")
+  axes[1].set_title(f"robust accuracy ({split})" + (f"\n{attack}" if attack else ""),
+                    fontsize=10)
+  axes[2].set_title("training loss (method's objective)")
+  for ax, ylabel in zip(axes, ("accuracy (%)", "accuracy (%)", "loss")):
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=110)
+  plt.close(fig)
+  return out
+
+
+# --- Figure 1 analogue: toy decision boundaries -----------------------------------------------
+
+def two_moons(n: int, seed: int, noise: float = 0.06):
+  """Two interleaved half circles, rescaled into [0.05, 0.95]^2; labels 0 / 1."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  n0 = n // 2
+  t0, t1 = rng.uniform(0, np.pi, n0), rng.uniform(0, np.pi, n - n0)
+  a = np.stack([np.cos(t0), np.sin(t0)], 1)
+  b = np.stack([1 - np.cos(t1), 0.5 - np.sin(t1)], 1)
+  x = np.concatenate([a, b]) + noise * rng.normal(size=(n, 2))
+  # The moons span about [-1, 2] x [-0.5, 1]: map them into the unit square (gap ~0.2).
+  x = np.stack([0.05 + 0.9 * (x[:, 0] + 1.2) / 3.4, 0.1 + 0.8 * (x[:, 1] + 0.6) / 1.8], 1)
+  x = np.clip(x, 0.0, 1.0).astype(np.float32)
+  y = np.concatenate([np.zeros(n0), np.ones(n - n0)]).astype(np.int32)
+  perm = rng.permutation(n)
+  return x[perm], y[perm]
+
+
+def _mlp():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  class MLP(nn.Module):
+    """2 -> 64 -> 64 -> 2 ReLU network; `train` is accepted (and unused) like the library's
+    models."""
+    hidden: int = 64
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      del train
+      x = nn.relu(nn.Dense(self.hidden)(x))
+      x = nn.relu(nn.Dense(self.hidden)(x))
+      return nn.Dense(2)(x)
+
+  return MLP()
+
+
+TOY_METHODS = (("sgd", "SGD"), ("pgd_at", "PGD-AT"), ("trades", "TRADES"),
+               ("atent_linf", "l_inf-ATENT"))
+
+
+def toy_config(method: str, eps: float, steps_k: int, lr: float, batch: int):
+  sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
+  from config_base import default_config  # pylint: disable=import-outside-toplevel
+  config = default_config()
+  config.method = method
+  config.seed = 0
+  config.train.batch_size = batch
+  config.train.learning_rate = lr
+  config.train.momentum = 0.9
+  config.train.weight_decay = 0.0
+  config.sampler.norm = "linf"
+  config.sampler.eps = eps
+  config.sampler.num_steps = steps_k
+  config.sampler.step_size = 2.5 * eps / steps_k
+  config.sampler.noise_scale = 1e-3
+  config.sampler.alpha = 0.9
+  config.trades_beta = 6.0
+  return config
+
+
+def train_toy(method: str, x, y, *, eps: float, steps: int, steps_k: int = 10, lr: float = 0.1,
+              batch: int = 128):
+  """Trains the MLP with the library's train step for `method`; returns (model, variables)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from atent_jax import train  # pylint: disable=import-outside-toplevel
+  config = toy_config(method, eps, steps_k, lr, batch)
+  model = _mlp()
+  steps_per_epoch = len(y) // batch
+  tx, _ = train.make_optimizer(config, steps_per_epoch)
+  state = train.init_state(config, model, tx, x.shape[1:])
+  step_fn = jax.jit(train.make_train_step(config, model, tx))
+  key = jax.random.PRNGKey(config.seed + 1)
+  for s in range(steps):
+    epoch, i = divmod(s, steps_per_epoch)
+    order = np.random.default_rng([config.seed, epoch]).permutation(len(y))
+    idx = order[i * batch:(i + 1) * batch]
+    state, _ = step_fn(state, x[idx], y[idx], key)
+  return model, {"params": state.params}
+
+
+def toy_figure(out: str, *, eps: float = 0.06, steps: int = 600, n_train: int = 512,
+               n_test: int = 1000, grid: int = 150, methods=TOY_METHODS) -> dict:
+  """Figure 1 analogue: one panel per method (boundary, data, clean/robust accuracy)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from atent_jax import attacks  # pylint: disable=import-outside-toplevel
+  plt = _plt()
+  x, y = two_moons(n_train, seed=0)
+  xt, yt = two_moons(n_test, seed=1)
+  gx, gy = np.meshgrid(np.linspace(0, 1, grid), np.linspace(0, 1, grid))
+  pts = np.stack([gx.ravel(), gy.ravel()], 1).astype(np.float32)
+  fig, axes = plt.subplots(1, len(methods), figsize=(4.2 * len(methods), 4.4))
+  axes = np.atleast_1d(axes)
+  summary = {}
+  for ax, (method, label) in zip(axes, methods):
+    t0 = time.time()
+    model, variables = train_toy(method, x, y, eps=eps, steps=steps)
+    logits_fn = jax.jit(lambda v: model.apply(variables, v, train=False))
+    clean = float(np.mean(np.argmax(logits_fn(xt), -1) == yt))
+    adv = attacks.pgd_linf(logits_fn, jnp.asarray(xt), jnp.asarray(yt), jax.random.PRNGKey(7),
+                           eps=eps, step_size=eps / 8, num_steps=20, restarts=1)
+    robust = float(np.mean((np.argmax(logits_fn(adv), -1) == yt) &
+                           (np.argmax(logits_fn(xt), -1) == yt)))
+    prob = np.asarray(jax.nn.softmax(logits_fn(pts), -1)[:, 1]).reshape(grid, grid)
+    ax.contourf(gx, gy, prob, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.55)
+    ax.contour(gx, gy, prob, levels=[0.5], colors="k", linewidths=1.5)
+    ax.scatter(x[:, 0], x[:, 1], c=np.where(y == 1, "tab:red", "tab:blue"), s=6,
+               edgecolors="none")
+    # The eps-box of a few training points, for scale.
+    for p in x[:6]:
+      ax.add_patch(plt.Rectangle((p[0] - eps, p[1] - eps), 2 * eps, 2 * eps, fill=False,
+                                 lw=0.6, ec="k"))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_aspect("equal")
+    ax.set_title(f"{label}\nclean {100 * clean:.1f}%, robust {100 * robust:.1f}% "
+                 f"(PGD-20, l_inf {eps:g})", fontsize=10)
+    summary[method] = {"clean_accuracy": clean, "robust_accuracy": robust,
+                       "seconds": time.time() - t0}
+  fig.suptitle(f"Decision boundaries on two moons in [0,1]^2: MLP 2-64-64-2, {steps} steps of "
+               f"batch 128, training eps {eps:g} (K 10); boxes: the l_inf eps-ball", fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+  return summary
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  sub = parser.add_subparsers(dest="command", required=True)
+  c = sub.add_parser("curves", help="training curves of runs (Figure 2 analogue)")
+  c.add_argument("--workdirs", required=True, help="comma-separated workdirs")
+  c.add_argument("--labels", default="", help="comma-separated labels (default: folder names)")
+  c.add_argument("--out", required=True, help="output PNG")
+  c.add_argument("--title", default=None)
+  t = sub.add_parser("toy", help="toy decision boundaries (Figure 1 analogue)")
+  t.add_argument("--out", required=True, help="output PNG")
+  t.add_argument("--eps", type=float, default=0.06)
+  t.add_argument("--steps", type=int, default=600, help="training steps per method")
+  t.add_argument("--grid", type=int, default=150)
+  args = parser.parse_args(argv)
+  if args.command == "curves":
+    dirs = [w for w in args.workdirs.split(",") if w]
+    labels = [l for l in args.labels.split(",") if l] or None
+    try:
+      training_curves(dirs, args.out, labels, args.title)
+    except (FileNotFoundError, ValueError) as e:
+      print(str(e), file=sys.stderr)
+      return 2
+    print(f"wrote {args.out}")
+  else:
+    if not 0 < args.eps < 0.5 or args.steps < 1 or args.grid < 2:
+      print("--eps must be in (0, 0.5), --steps >= 1, --grid >= 2", file=sys.stderr)
+      return 2
+    import atent_jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    summary = toy_figure(args.out, eps=args.eps, steps=args.steps, grid=args.grid)
+    for m, s in summary.items():
+      print(f"{m}: clean {100 * s['clean_accuracy']:.1f}%, robust "
+            f"{100 * s['robust_accuracy']:.1f}% ({s['seconds']:.1f}s)")
+    print(f"wrote {args.out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
