@@ -1,0 +1,116 @@
+"""experiments/reproduce.py end to end at a tiny scale, and experiments/figures.py.
+
+One reproduce run of table2 with 2 rows (SGD, PGD-AT) on 64 built-in MNIST images, 1 epoch,
+K 2, 32 test images: the files it writes, no checkpoints in the results, and a rerun that skips
+training and evaluation. Then the figures: training curves of those rows, and the toy decision
+boundaries at a few training steps. About a minute on 2 CPU cores.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPRODUCE = os.path.join(ROOT, "experiments", "reproduce.py")
+sys.path.insert(0, os.path.join(ROOT, "experiments"))
+
+TINY = ["data.source=builtin", "data.num_train=64", "data.num_validation=32",
+        "train.batch_size=32", "train.num_epochs=1", "sampler.num_steps=2",
+        "eval.num_examples=32", "eval.batch_size=32", "eval.num_steps=2"]
+ROWS = ("sgd", "pgd_at")
+
+
+def _reproduce(out, work, *extra):
+  cmd = [sys.executable, REPRODUCE, "--table=table2", f"--out={out}", f"--work={work}",
+         f"--rows={','.join(ROWS)}", "--num_test=32", "--eval_batch_size=32",
+         "--sanity_checks=False", "--figures=False"]
+  cmd += [f"--override={o}" for o in TINY] + list(extra)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+  base = tmp_path_factory.mktemp("reproduce")
+  out, work = str(base / "results" / "table2"), str(base / "runs" / "table2")
+  first = _reproduce(out, work)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  return out, work, first
+
+
+def test_writes_the_table_files_and_no_checkpoints(reproduced):
+  out, work, _ = reproduced
+  for name in ("README.md", "table.md", "commands.sh", "data.md", "timing.md", "timing.json",
+               "machine.md"):
+    assert os.path.isfile(os.path.join(out, name)), name
+  for row in ROWS:
+    for name in ("config.json", "metrics.jsonl", "robustness.json", "run_info.json",
+                 "reproduce.json"):
+      assert os.path.isfile(os.path.join(out, row, name)), (row, name)
+    # Checkpoints stay in the work folder.
+    assert not os.path.exists(os.path.join(out, row, "checkpoints"))
+    assert not os.path.exists(os.path.join(out, row, "best"))
+    assert os.path.isdir(os.path.join(work, row, "checkpoints"))
+    config = json.load(open(os.path.join(out, row, "config.json")))
+    assert config["train"]["num_epochs"] == 1 and config["sampler"]["num_steps"] == 2
+    assert config["data"]["eval_split"] == "validation"  # early stopping on validation
+    res = json.load(open(os.path.join(out, row, "robustness.json")))
+    assert res["eval_split"] == "test" and res["num_examples"] == 32
+    assert [a["name"] for a in res["attacks"]] == ["PGD-20", "CW-l_inf"]
+  table = open(os.path.join(out, "table.md")).read()
+  assert "| SGD |" in table and "| PGD-AT |" in table
+  assert "PGD-20 (l_inf 0.3)" in table and "96.44" in table  # ours and the paper's
+  commands = open(os.path.join(out, "commands.sh")).read()
+  assert commands.count("experiments/main.py") == 2
+  assert commands.count("experiments/evaluate.py") == 2
+  assert "--config.train.num_epochs=1" in commands
+  data = open(os.path.join(out, "data.md")).read()
+  assert "Reduced scale" in data and "Training images: 64" in data
+  timing = json.load(open(os.path.join(out, "timing.json")))
+  assert set(timing) == set(ROWS) and timing["sgd"]["train_wall_seconds"] > 0
+  assert "CPUs:" in open(os.path.join(out, "machine.md")).read()
+
+
+def test_rerun_skips_finished_training_and_evaluations(reproduced):
+  out, work, _ = reproduced
+  before = {r: os.path.getmtime(os.path.join(work, r, "robustness.json")) for r in ROWS}
+  again = _reproduce(out, work, "--figures=True")
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  for row in ROWS:
+    assert f"[{row}] training finished (1 epochs): skipped" in again.stdout
+    assert f"[{row}] evaluation already written: skipped" in again.stdout
+    assert os.path.getmtime(os.path.join(work, row, "robustness.json")) == before[row]
+    assert f"[{row}] training:" not in again.stdout
+    assert f"[{row}] evaluation:" not in again.stdout
+  assert os.path.getsize(os.path.join(out, "training_curves.png")) > 1000
+
+
+def test_a_changed_config_is_refused_not_silently_reused(reproduced):
+  out, work, _ = reproduced
+  wrong = _reproduce(out + "_b", work, "--override=sampler.eps=0.1")
+  assert wrong.returncode == 2, wrong.stdout[-2000:] + wrong.stderr[-2000:]
+  assert "sampler.eps" in wrong.stderr and "differs from the run" in wrong.stderr
+  assert not os.path.exists(out + "_b")  # refused before anything was written
+
+
+def test_bad_override_is_one_line_exit_2(tmp_path):
+  res = subprocess.run([sys.executable, REPRODUCE, "--table=table2", f"--out={tmp_path}/o",
+                        f"--work={tmp_path}/w", "--override=train.num_epoch=3"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert res.returncode == 2
+  assert "train.num_epochs" in res.stderr  # the nearest key
+
+
+def test_figures_curves_and_toy(reproduced, tmp_path):
+  import figures  # pylint: disable=import-outside-toplevel
+  out, _, _ = reproduced
+  png = figures.training_curves([os.path.join(out, r) for r in ROWS],
+                                str(tmp_path / "curves.png"), labels=["SGD", "PGD-AT"])
+  assert os.path.getsize(png) > 1000
+  summary = figures.toy_figure(str(tmp_path / "toy.png"), steps=20, grid=30, n_test=200)
+  assert set(summary) == {"sgd", "pgd_at", "trades", "atent_linf"}
+  for s in summary.values():
+    assert 0 <= s["robust_accuracy"] <= s["clean_accuracy"] <= 1
+  assert os.path.getsize(tmp_path / "toy.png") > 1000
