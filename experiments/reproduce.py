@@ -624,7 +624,7 @@ def write_reports(table: str, plan, out: str, statuses: dict, overrides) -> None
                 f"{info['validation'] if info['validation'] is not None else '?'}",
                 f"- Test images attacked: {info['test'] if info['test'] is not None else '?'}"
                 f" (--num_test={FLAGS.num_test})",
-                f"- Every row uses the same data (same --data_dir and overrides).", "",
+                "- Every row uses the same data (same --data_dir and overrides).", "",
                 scale, ""]
   with open(os.path.join(out, "data.md"), "w") as f:
     f.write("\n".join(data_lines))

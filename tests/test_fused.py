@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from atent_jax import langevin, methods, models, train
+from atent_jax import methods, models, train
 from atent_jax.data import load_dataset
 
 _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "configs")
