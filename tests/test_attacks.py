@@ -230,6 +230,7 @@ def trained_run(tmp_path_factory):
   config.eval.num_examples = 16
   config.eval.batch_size = 16
   config.eval.num_steps = 1
+  config.eval.eps = 0.3  # the CLI's l_inf attacks default to the run's eval eps
   train.train_and_evaluate(config, workdir)
   return workdir
 
