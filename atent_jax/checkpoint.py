@@ -182,13 +182,14 @@ class RunCheckpoints:
              f"{moved}; using the previous checkpoint")
     return None
 
-  def best_metric(self) -> float | None:
+  def best_metric(self, metric: str = "robust_accuracy") -> float | None:
+    """The `metric` of the saved best checkpoint (None: no best checkpoint yet)."""
     path = os.path.join(self.workdir, "best", "metrics.json")
     if not os.path.exists(path):
       return None
     try:
       with open(path) as f:
-        return json.load(f).get("robust_accuracy")
+        return json.load(f).get(metric)
     except (OSError, ValueError):
       warn(f"{path} is unreadable: the best checkpoint will be chosen afresh")
       return None

@@ -135,6 +135,7 @@ def validate_config(config, num_devices: int = 1) -> None:
   _choice(config, "sampler.norm", ("linf", "l2"))
   _choice(config, "sampler.update_rule", ("code", "paper"))
   _choice(config, "eval.norm", ("linf", "l2"))
+  _choice(config, "early_stopping_metric", ("robust_accuracy", "clean_accuracy"))
   _num(config, "seed", integer=True)
   _num(config, "train.num_epochs", lo=1, integer=True)
   batch = _num(config, "train.batch_size", lo=1, integer=True)

@@ -2,7 +2,8 @@
 
 A run writes into its workdir: `config.json` (the resolved config), `run_info.json` (data source,
 devices, versions), `metrics.jsonl` (one JSON object per epoch), `checkpoints/` (the latest
-few, orbax) and `best/` (the epoch with the best robust accuracy on the evaluation split).
+few, orbax) and `best/` (the epoch with the best robust accuracy on the evaluation split, or
+the best clean accuracy with config.early_stopping_metric='clean_accuracy').
 Started again on the same workdir, it resumes from the last checkpoint exactly: the data order
 is a function of (seed, epoch) and the step's randomness (the method's and, with
 config.data.augment, the random crop + flip done inside the jitted step) of (seed, step).
@@ -423,7 +424,7 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
   if primary:
     _truncate_metrics(metrics_path, start_epoch)
   last_good = step if resumed else None
-  best = checkpoints.best_metric()
+  best = checkpoints.best_metric(config.early_stopping_metric)
   summary: dict = {}
   t_start = time.time()
 
@@ -481,9 +482,9 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
         f.write(json.dumps(record) + "\n")
     # The best checkpoint first (synchronous): a run killed before the epoch's latest checkpoint
     # is committed re-runs the epoch and finds the same best, already saved.
-    if config.early_stopping and "robust_accuracy" in record and (
-        best is None or record["robust_accuracy"] > best):
-      best = record["robust_accuracy"]
+    metric = config.early_stopping_metric
+    if config.early_stopping and metric in record and (best is None or record[metric] > best):
+      best = record[metric]
       checkpoints.save_best(step, state, record)
     checkpoints.save(step, state)
     last_good = step

@@ -3,6 +3,7 @@
   python experiments/benchmark.py                       # JAX: sgd, pgd_at, trades, atent_* at K 10, 40
   python experiments/benchmark.py --reference           # + the authors' PyTorch step (CPU torch)
   python experiments/benchmark.py --device gpu          # on a GPU (pip install -e .[cuda12])
+  python experiments/benchmark.py --device gpu --reference   # + the PyTorch step on the GPU
 
 Each (method, K) runs in a fresh subprocess: compile, `--warmup` untimed steps, then the median
 of `--repeats` timed steps (SmallCNN, batch 128, MNIST shapes, random data). Memory: the peak
@@ -40,6 +41,7 @@ VARIANTS = {
     "atent_linf_tol1e-3": ("atent_linf", {"sampler.ema_tolerance": 1e-3}),
     "atent_linf_two_pass": ("atent_linf", {"sampler.fused": False}),
     "atent_linf_rolled": ("atent_linf", {"sampler.unroll": 1}),
+    "atent_linf_unrolled": ("atent_linf", {"sampler.unroll": 0}),
     "atent_l2": ("atent_l2", {"sampler.norm": "l2", "sampler.eps": 2.0, "sampler.step_size": 0.25,
                               "sampler.gamma": 0.05}),
 }
@@ -94,10 +96,13 @@ def run_child(variant: str, K: int, batch: int, repeats: int, warmup: int) -> di
     jax.block_until_ready(step(state, x, y, key))
     peak_mb = (memory_probe.rss_kb("VmHWM") - base) / 1024
   else:
+    # GPU: the allocator's peak during the step above what it held before (params, data); the
+    # peak counter is process-wide, so an earlier, larger peak would hide the step's.
+    base = (device.memory_stats() or {}).get("bytes_in_use")
     jax.block_until_ready(step(state, x, y, key))
     stats = device.memory_stats() or {}
-    if "peak_bytes_in_use" in stats:
-      peak_mb = stats["peak_bytes_in_use"] / 2**20
+    if "peak_bytes_in_use" in stats and base is not None:
+      peak_mb = (stats["peak_bytes_in_use"] - base) / 2**20
 
   for _ in range(warmup):
     jax.block_until_ready(step(state, x, y, key))
@@ -134,7 +139,8 @@ def main(argv=None) -> None:
   p.add_argument("--memory_K", type=int, default=5,
                  help="also measure atent_linf at this K for the memory-growth ratio")
   p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-  p.add_argument("--reference", action="store_true", help="also time the PyTorch reference")
+  p.add_argument("--reference", action="store_true",
+                 help="also time the PyTorch reference (on the GPU with --device gpu)")
   p.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a._child:
@@ -160,15 +166,19 @@ def main(argv=None) -> None:
 
   if a.reference:
     import torch_reference
+    torch_device = "cuda" if a.device == "gpu" else "cpu"
     for m, k in jobs:
       if m not in torch_reference.METHODS:
         continue
-      wall = torch_reference.time_step(m, max(k, 1) if m != "sgd" else 0, a.batch, a.repeats,
-                                       a.warmup)
-      mem = torch_reference.peak_memory_mb(m, max(k, 1) if m != "sgd" else 0, a.batch)
+      kk = max(k, 1) if m != "sgd" else 0
+      wall = torch_reference.time_step(m, kk, a.batch, a.repeats, a.warmup, device=torch_device)
+      if torch_device == "cuda":
+        mem = torch_reference.peak_gpu_memory_mb(m, kk, a.batch)
+      else:
+        mem = torch_reference.peak_memory_mb(m, kk, a.batch)["peak_rss_delta_mb"]
       rec = {"impl": "torch_reference", "method": m, "K": k, "batch": a.batch,
-             "ms_per_step": round(wall, 1), "peak_mem_mb": round(mem["peak_rss_delta_mb"], 1),
-             "loadavg_1m": round(os.getloadavg()[0], 2)}
+             "ms_per_step": round(wall, 1), "peak_mem_mb": round(mem, 1),
+             "device": torch_device, "loadavg_1m": round(os.getloadavg()[0], 2)}
       results[("torch", m, k)] = rec
       print(json.dumps(rec), flush=True)
 

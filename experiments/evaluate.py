@@ -10,7 +10,8 @@ atent_jax.evaluation.evaluate_attacks and writes
                        accuracy, number of examples; the sanity checks and their warnings
   RUN/robustness.md    a markdown table (rows: defenses, columns: Benign + attacks)
 
-Attack names (--attacks, comma separated; an optional @EPS sets that attack's radius):
+Attack names (--attacks, comma separated; an optional @EPS sets that attack's radius and an
+optional :step=STEP its step size, e.g. pgd20_linf@0.3:step=0.0375):
   pgd                  the run's own evaluation PGD (config.eval: norm, eps, steps, step size)
   pgdN_linf, pgdN_l2   PGD with N steps (e.g. pgd20_linf, pgd40_l2)
   cw_linf, cw_linf_tanh, cw_l2, deepfool_linf, deepfool_l2, fgsm_linf, fgsm_l2,
@@ -63,9 +64,22 @@ _STANDARD_PGD_STEP = {"linf": 0.01, "l2": 0.25}
 
 def parse_attack(token: str, eval_config, eps_override=None, restarts=1) -> dict:
   """One --attacks token -> an evaluate_attacks spec item; ConfigError when unknown/bad eps."""
-  from atent_jax import attacks  # pylint: disable=import-outside-toplevel
+  from atent_jax import attacks, evaluation  # pylint: disable=import-outside-toplevel
   token = token.strip()
-  name, _, eps_text = token.partition("@")
+  head, _, options = token.partition(":")
+  name, _, eps_text = head.partition("@")
+  step_override = None
+  if options:
+    key, sep, value = options.partition("=")
+    try:
+      if key != "step" or not sep:
+        raise ValueError
+      step_override = float(value)
+    except ValueError:
+      raise ConfigError(f"--attacks: {token!r}: the only option is the step size: use "
+                        "NAME[@EPS]:step=STEP, e.g. pgd20_linf@0.3:step=0.0375") from None
+    if not step_override > 0:
+      raise ConfigError(f"--attacks: {token!r}: step={value} is not valid: use a number > 0")
   eps = eps_override
   if eps_text:
     try:
@@ -120,6 +134,12 @@ def parse_attack(token: str, eval_config, eps_override=None, restarts=1) -> dict
                       "cw_linf, cw_linf_tanh, cw_l2, deepfool_linf, deepfool_l2, fgsm_linf, "
                       "fgsm_l2, atentN_linf, atentN_l2 or one of "
                       f"{', '.join(sorted(attacks.ATTACKS))}")
+  if step_override is not None:
+    if "step_size" not in spec:
+      raise ConfigError(f"--attacks: {token!r}: {name} has no step size to set: drop ':step='")
+    spec["step_size"] = step_override
+    spec["name"] = (spec.get("name") or evaluation.default_name(spec["attack"], spec)) + \
+        f" (step {step_override:g})"
   if spec["eps"] is None or not spec["eps"] > 0 or spec["eps"] != spec["eps"]:
     raise ConfigError(f"--attacks: {token!r}: eps={spec['eps']} is not valid: use a number > 0")
   return spec

@@ -3,7 +3,8 @@
   python experiments/reproduce.py --table=table2 --out=results/table2 \
       [--work=runs/table2] [--data_dir=../shared/data/mnist] \
       [--override=train.num_epochs=5 --override=sampler.num_steps=10 ...] \
-      [--num_test=-1] [--restarts=10] [--rows=sgd,pgd_at,...] [--dry_run]
+      [--num_test=-1] [--restarts=10] [--rows=sgd,pgd_at,...] [--jobs=1] [--dry_run]
+      [--report_only]
 
 Tables (MNIST; each row is an experiments/configs file):
   table1  l_2 eps 2, LeNet5. Rows sgd, pgd_at, trades, atent_l2 (optional: mma, entropy_sgd).
@@ -46,6 +47,7 @@ runs/<table>); OUT gets only small files:
 from __future__ import annotations
 
 import ast
+import concurrent.futures
 import hashlib
 import json
 import os
@@ -142,6 +144,12 @@ flags.DEFINE_list("table6_eps", ["0.1", "0.2", "0.3", "0.4"], "table6: the l_inf
 flags.DEFINE_string("table2_work", "runs/table2", "table6: table2's --work (its atent_linf "
                     "workdir is reused when it holds a run of the same config).")
 flags.DEFINE_bool("figures", True, "Write OUT/training_curves.png.")
+flags.DEFINE_integer("jobs", 1, "Rows trained and evaluated at the same time. On a GPU a "
+                     "small MNIST model leaves most of the chip idle, so 4-5 rows share it well "
+                     "(children then allocate GPU memory on demand); on a CPU keep 1.")
+flags.DEFINE_bool("report_only", False, "Run nothing: write the reports (README.md, table.md, "
+                  "timing, curves) from what OUT already holds, e.g. after a run that was cut "
+                  "short or whose checkpoints are on another machine.")
 flags.DEFINE_bool("dry_run", False, "Write OUT/commands.sh and print the plan; run nothing.")
 
 _SMALL_FILES = ("config.json", "run_info.json", "metrics.jsonl", "robustness.json",
@@ -260,20 +268,24 @@ def eval_command(workdir: str, attacks, restarts: int, data_dir=None) -> list[st
   return cmd
 
 
-def run_logged(cmd, log_path: str) -> tuple[int, float]:
+def run_logged(cmd, log_path: str, prefix: str = "") -> tuple[int, float]:
   """Runs `cmd` (python -> this interpreter) from the repository root; its output goes to the
-  console and to log_path (appended). Returns (exit code, wall seconds)."""
+  console (each line after `prefix`) and to log_path (appended). Returns (exit code, wall
+  seconds)."""
   argv = [sys.executable] + cmd[1:] if cmd[0] == "python" else cmd
+  env = dict(os.environ)
+  if FLAGS.jobs > 1:  # several JAX processes on one GPU: none may take 75% of it up front
+    env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   os.makedirs(os.path.dirname(log_path), exist_ok=True)
   t0 = time.time()
   with open(log_path, "a") as log:
     log.write(f"\n$ {shlex.join(cmd)}  # {time.strftime('%Y-%m-%d %H:%M:%S')}\n")
     log.flush()
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, bufsize=1)
+                            text=True, bufsize=1, env=env)
     try:
       for line in proc.stdout:
-        sys.stdout.write("  " + line)
+        sys.stdout.write("  " + prefix + line)
         sys.stdout.flush()
         log.write(line)
       rc = proc.wait()
@@ -478,6 +490,10 @@ def eval_signature(row: Row) -> dict:
           "metrics_digest": file_digest(os.path.join(row.train_dir, "metrics.jsonl"))}
 
 
+def _prefix(row: Row) -> str:
+  return f"[{row.name}] " if FLAGS.jobs > 1 else ""
+
+
 def run_row(row: Row, out: str, logs: str) -> dict:
   """Trains (unless finished) and evaluates (unless done with the same settings) one row."""
   dest = os.path.join(out, row.name)
@@ -496,7 +512,8 @@ def run_row(row: Row, out: str, logs: str) -> dict:
     train["status"] = "done"
   else:
     print(f"[{row.name}] training: {shlex.join(row.train_cmd)}", flush=True)
-    rc, secs = run_logged(row.train_cmd, os.path.join(logs, f"{row.name}.train.log"))
+    rc, secs = run_logged(row.train_cmd, os.path.join(logs, f"{row.name}.train.log"),
+                          _prefix(row))
     train["wall_seconds"] = train.get("wall_seconds", 0.0) + secs
     train["invocations"] = train.get("invocations", 0) + 1
     if rc != 0 or not training_finished(row.train_dir, row.num_epochs):
@@ -516,7 +533,7 @@ def run_row(row: Row, out: str, logs: str) -> dict:
     print(f"[{row.name}] evaluation already written: skipped", flush=True)
   else:
     print(f"[{row.name}] evaluation: {shlex.join(row.eval_cmd)}", flush=True)
-    rc, secs = run_logged(row.eval_cmd, os.path.join(logs, f"{row.name}.eval.log"))
+    rc, secs = run_logged(row.eval_cmd, os.path.join(logs, f"{row.name}.eval.log"), _prefix(row))
     ev["wall_seconds"] = secs
     if rc != 0:
       ev["status"] = f"failed (exit code {rc})"
@@ -661,12 +678,15 @@ def write_reports(table: str, plan, out: str, statuses: dict, overrides) -> None
   # machine.md
   devices = sorted({d for row in plan for d in (load_json(
       os.path.join(out, row.name, "run_info.json"), {}) or {}).get("devices", [])})
-  with open(os.path.join(out, "machine.md"), "w") as f:
-    f.write("\n".join(["# Machine", "", f"- CPUs: {os.cpu_count()} ({_cpu_model()})",
-                       f"- Platform: {platform.platform()}, Python {platform.python_version()}",
-                       f"- Versions: {_versions()}",
-                       f"- JAX devices of the runs: {', '.join(devices) or '?'}",
-                       f"- XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')}", ""]))
+  machine_path = os.path.join(out, "machine.md")
+  # --report_only keeps the machine that ran the rows, not the one writing the report.
+  if not (FLAGS.report_only and os.path.exists(machine_path)):
+    with open(machine_path, "w") as f:
+      f.write("\n".join(["# Machine", "", f"- CPUs: {os.cpu_count()} ({_cpu_model()})",
+                         f"- Platform: {platform.platform()}, Python {platform.python_version()}",
+                         f"- Versions: {_versions()}",
+                         f"- JAX devices of the runs: {', '.join(devices) or '?'}",
+                         f"- XLA_FLAGS: {os.environ.get('XLA_FLAGS', '')}", ""]))
 
   # README.md
   st_lines = []
@@ -674,7 +694,8 @@ def write_reports(table: str, plan, out: str, statuses: dict, overrides) -> None
     st = statuses.get(row.name) or {}
     if st.get("error"):
       st_lines.append(f"- {row.display}: {st['error']}")
-  cmd = shlex.join(["python", "experiments/reproduce.py"] + sys.argv[1:])
+  cmd = shlex.join(["python", "experiments/reproduce.py"] +
+                   [a for a in sys.argv[1:] if a not in ("--report_only", "--report_only=True")])
   overrides_text = ", ".join(f"`{k}={v}`" for k, v in overrides) or "none"
   readme = [f"# {spec['title']}", "", scale, "",
             "```bash", cmd, "```", "",
@@ -758,6 +779,8 @@ def main(argv):
   work = os.path.abspath(FLAGS.work or os.path.join(ROOT, "runs", table))
   if os.path.commonpath([out, work]) == out:
     raise ConfigError(f"--work={work} is inside --out={out}: keep checkpoints out of the results")
+  if FLAGS.jobs < 1:
+    raise ConfigError(f"--jobs={FLAGS.jobs} is not valid: use an integer >= 1")
   if FLAGS.num_test == 0 or FLAGS.num_test < -1:
     raise ConfigError(f"--num_test={FLAGS.num_test} is not valid: use -1 or N >= 1")
   if FLAGS.data_dir and not os.path.isdir(FLAGS.data_dir):
@@ -767,21 +790,34 @@ def main(argv):
   overrides = row_overrides(data_dir, parse_overrides(FLAGS.override))
   plan = make_plan(table, work, overrides, data_dir)
   for row in plan:  # a workdir of another config is refused before anything runs
-    check_compatible(row.config, row.train_dir)
+    if not FLAGS.report_only:
+      check_compatible(row.config, row.train_dir)
 
   os.makedirs(out, exist_ok=True)
-  write_commands(os.path.join(out, "commands.sh"), plan, table)
+  if not FLAGS.report_only:  # keep the commands of the run that produced the results
+    write_commands(os.path.join(out, "commands.sh"), plan, table)
   print(f"{TABLES[table]['title']}: rows {', '.join(r.name for r in plan)}; results in "
         f"{shown_path(out)}, checkpoints in {shown_path(work)}", flush=True)
   if FLAGS.dry_run:
     print(f"dry run: wrote {shown_path(os.path.join(out, 'commands.sh'))}", flush=True)
     return
   logs = os.path.join(work, "logs")
-  statuses, failed = {}, []
-  for row in plan:
-    statuses[row.name] = run_row(row, out, logs)
-    if statuses[row.name].get("error"):
-      failed.append(row.name)
+  statuses = {}
+  if FLAGS.report_only:
+    statuses = {row.name: load_json(os.path.join(out, row.name, "reproduce.json"), {}) or {}
+                for row in plan}
+    for row in plan:
+      if not os.path.exists(os.path.join(out, row.name, "robustness.json")):
+        statuses[row.name].setdefault("error", "not evaluated (no robustness.json in the results)")
+  elif FLAGS.jobs > 1:
+    with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool:
+      futures = [(row.name, pool.submit(run_row, row, out, logs)) for row in plan]
+      for name, future in futures:
+        statuses[name] = future.result()
+  else:
+    for row in plan:
+      statuses[row.name] = run_row(row, out, logs)
+  failed = [row.name for row in plan if statuses[row.name].get("error")]
   write_reports(table, plan, out, statuses, overrides)
   if FLAGS.figures:
     write_figures(plan, out)

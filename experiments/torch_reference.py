@@ -154,7 +154,7 @@ def _atent(model, opt, x, y, K, norm):
   ce = lambda logits: F.cross_entropy(logits, y)
   step = LINF_STEP if norm == "linf" else L2_STEP
   x_adv = x.detach() + 0.001 * torch.randn_like(x)
-  mu = torch.zeros(())
+  mu = torch.zeros((), device=x.device)
   for k in range(K):
     model.eval()
     g = _input_grad(model, ce, x_adv)
@@ -184,33 +184,43 @@ _STEPS = {
 
 
 def make_step(method: str, K: int = 10, batch: int = 128, seed: int = 0,
-              threads: int = 2) -> Callable[[], None]:
-  """Returns a callable that runs ONE full training step of `method` on fixed random data."""
+              threads: int = 2, device: str = "cpu") -> Callable[[], None]:
+  """Returns a callable that runs ONE full training step of `method` on fixed random data.
+
+  device "cuda": the same step on a GPU; the callable then waits for the GPU to finish (the
+  timers measure the step, not its queueing).
+  """
   if method not in _STEPS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  if device not in ("cpu", "cuda"):
+    raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+  if device == "cuda" and not torch.cuda.is_available():
+    raise RuntimeError("device='cuda' but this torch sees no GPU: install a CUDA build of torch")
   torch.set_num_threads(threads)
   torch.manual_seed(seed)
-  model = SmallCNN()
+  model = SmallCNN().to(device)
   opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
   g = torch.Generator().manual_seed(seed + 1)
-  x = torch.rand(batch, 1, 28, 28, generator=g)
-  y = torch.randint(0, 10, (batch,), generator=g)
+  x = torch.rand(batch, 1, 28, 28, generator=g).to(device)
+  y = torch.randint(0, 10, (batch,), generator=g).to(device)
   fn = _STEPS[method]
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def step():
     fn(model, opt, x, y, K)
+    sync()
 
   return step
 
 
 def time_step(method: str, K: int, batch: int = 128, repeats: int = 5, warmup: int = 2,
-              seed: int = 0, with_cpu: bool = False, threads: int = 2):
+              seed: int = 0, with_cpu: bool = False, threads: int = 2, device: str = "cpu"):
   """Median wall time (ms) of one training step after `warmup` untimed steps.
 
   With with_cpu=True returns (wall_ms, cpu_ms): cpu_ms is the median process CPU time (all
   threads) per step, less sensitive than wall time to other processes sharing the cores.
   """
-  step = make_step(method, K, batch, seed, threads)
+  step = make_step(method, K, batch, seed, threads, device)
   for _ in range(warmup):
     step()
   times, cpu = [], []
@@ -238,6 +248,15 @@ def _memory_child(method: str, K: int, batch: int) -> None:
     peak, how = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
   print(json.dumps({"peak_rss_delta_mb": (peak - base) / 1024.0, "peak_rss_mb": peak / 1024.0,
                     "measured_with": how}))
+
+
+def peak_gpu_memory_mb(method: str, K: int, batch: int = 128) -> float:
+  """Peak GPU memory allocated by torch during one training step, above what was held before."""
+  step = make_step(method, K, batch, device="cuda")
+  torch.cuda.reset_peak_memory_stats()
+  base = torch.cuda.memory_allocated()
+  step()
+  return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
 def peak_memory_mb(method: str, K: int, batch: int = 128) -> dict:

@@ -236,7 +236,8 @@ def trained_run(tmp_path_factory):
 
 
 def test_evaluate_cli_writes_json_and_markdown(trained_run):
-  out = _evaluate(f"--workdir={trained_run}", "--attacks=pgd3_linf,fgsm_linf,pgd2_l2@1.5",
+  out = _evaluate(f"--workdir={trained_run}",
+                  "--attacks=pgd3_linf,fgsm_linf,pgd2_l2@1.5,pgd3_linf@0.2:step=0.05",
                   "--num_examples=16", "--batch_size=16", "--nosanity_checks")
   assert out.returncode == 0, out.stderr[-2000:]
   with open(os.path.join(trained_run, "robustness.json")) as f:
@@ -244,7 +245,9 @@ def test_evaluate_cli_writes_json_and_markdown(trained_run):
   assert res["num_examples"] == 16
   names = [(r["name"], r["norm"], r["eps"], r["steps"]) for r in res["attacks"]]
   assert names == [("PGD-3", "linf", 0.3, 3), ("FGSM-l_inf", "linf", 0.3, 1),
-                   ("PGD-2", "l2", 1.5, 2)]
+                   ("PGD-2", "l2", 1.5, 2), ("PGD-3 (step 0.05)", "linf", 0.2, 3)]
+  assert res["attacks"][0]["kwargs"]["step_size"] == 0.01  # the run's eval step
+  assert res["attacks"][3]["kwargs"]["step_size"] == 0.05
   assert "sanity_checks" not in res  # covered in-process by test_evaluate_attacks_...
   with open(os.path.join(trained_run, "robustness.md")) as f:
     md = f.read()
@@ -255,6 +258,9 @@ def test_evaluate_cli_writes_json_and_markdown(trained_run):
 def test_evaluate_cli_user_errors_exit_2(trained_run, tmp_path):
   cases = [(f"--workdir={trained_run}", "--attacks=pgd20_linf,nope"),
            (f"--workdir={trained_run}", "--attacks=pgd20_linf@0"),
+           (f"--workdir={trained_run}", "--attacks=pgd20_linf:step=0"),
+           (f"--workdir={trained_run}", "--attacks=pgd20_linf:steps=3"),
+           (f"--workdir={trained_run}", "--attacks=cw_l2:step=0.1"),
            (f"--workdir={trained_run}", "--eps=-0.1")]
   empty = tmp_path / "empty"
   empty.mkdir()

@@ -1,6 +1,6 @@
 """experiments/reproduce.py end to end at a tiny scale, and experiments/figures.py.
 
-One reproduce run of table2 with 2 rows (SGD, PGD-AT) on 64 built-in MNIST images, 1 epoch,
+One reproduce run of table2 with 2 rows (SGD, PGD-AT; run together, --jobs=2) on 64 built-in MNIST images, 1 epoch,
 K 2, 32 test images: the files it writes, no checkpoints in the results, and a rerun that skips
 training and evaluation. Then the figures: training curves of those rows, and the toy decision
 boundaries at a few training steps. About a minute on 2 CPU cores.
@@ -35,8 +35,10 @@ def _reproduce(out, work, *extra):
 def reproduced(tmp_path_factory):
   base = tmp_path_factory.mktemp("reproduce")
   out, work = str(base / "results" / "table2"), str(base / "runs" / "table2")
-  first = _reproduce(out, work)
+  first = _reproduce(out, work, "--jobs=2")  # both rows at once (the GPU setting)
   assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+  for row in ROWS:  # the children's lines carry their row's name when rows run together
+    assert f"  [{row}] " in first.stdout
   return out, work, first
 
 
@@ -114,3 +116,20 @@ def test_figures_curves_and_toy(reproduced, tmp_path):
   for s in summary.values():
     assert 0 <= s["robust_accuracy"] <= s["clean_accuracy"] <= 1
   assert os.path.getsize(tmp_path / "toy.png") > 1000
+
+
+def test_report_only_rewrites_the_reports_and_runs_nothing(reproduced):
+  out, work, _ = reproduced
+  os.remove(os.path.join(out, "README.md"))
+  os.remove(os.path.join(out, "table.md"))
+  with open(os.path.join(out, "machine.md"), "w") as f:
+    f.write("# Machine\n\n- the machine that ran the rows\n")
+  commands = open(os.path.join(out, "commands.sh")).read()
+  again = _reproduce(out, work, "--report_only")
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  assert "training:" not in again.stdout and "evaluation:" not in again.stdout
+  assert "| SGD |" in open(os.path.join(out, "table.md")).read()
+  readme = open(os.path.join(out, "README.md")).read()
+  assert "| PGD-AT |" in readme and "--report_only" not in readme
+  assert "the machine that ran the rows" in open(os.path.join(out, "machine.md")).read()
+  assert open(os.path.join(out, "commands.sh")).read() == commands  # the run's commands kept

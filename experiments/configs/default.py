@@ -100,6 +100,8 @@ def get_config():
   config.eval.restarts = 1
   config.eval.random_init = True
   config.early_stopping = True             # keep the checkpoint of the best robust accuracy
+  config.early_stopping_metric = "robust_accuracy"  # robust_accuracy | clean_accuracy (clean
+                                           # baselines: SGD, Entropy-SGD)
 
   # Multi-host runs (one process per host): jax.distributed.initialize before any computation.
   config.distributed = ml_collections.ConfigDict()
