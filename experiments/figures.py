@@ -49,8 +49,10 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def training_curves(workdirs, out: str, labels=None, title: str | None = None) -> str:
-  """One PNG, three panels: clean and robust accuracy (the evaluation split) per epoch, and the
-  mean training loss per epoch, one line per workdir. Returns `out`."""
+  """One PNG, three panels: clean accuracy on the evaluation split (and, dashed, on the method's
+  own training inputs: clean for SGD, adversarial or sampled for the others), robust accuracy on
+  the evaluation split, and the mean training loss per epoch, one line per workdir. Returns
+  `out`."""
   plt = _plt()
   from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
   labels = list(labels) if labels else [os.path.basename(os.path.normpath(w)) for w in workdirs]
@@ -65,13 +67,17 @@ def training_curves(workdirs, out: str, labels=None, title: str | None = None) -
       split = ev[-1].get("eval_split", split) + " split"
       attack = ev[-1].get("eval_attack", attack)
       epochs = [r["epoch"] for r in ev]
-      axes[0].plot(epochs, [100 * r["clean_accuracy"] for r in ev], marker="o", ms=3,
-                   label=label)
+      line, = axes[0].plot(epochs, [100 * r["clean_accuracy"] for r in ev], marker="o", ms=3,
+                           label=label)
+      train = [r for r in records if "train_accuracy" in r]
+      if train:  # dashed, same colour: accuracy on the method's own training inputs
+        axes[0].plot([r["epoch"] for r in train], [100 * r["train_accuracy"] for r in train],
+                     ls="--", color=line.get_color(), lw=1)
       axes[1].plot(epochs, [100 * r["robust_accuracy"] for r in ev], marker="o", ms=3,
                    label=label)
     axes[2].plot([r["epoch"] for r in records], [r["train_loss"] for r in records], marker="o",
                  ms=3, label=label)
-  axes[0].set_title(f"clean accuracy ({split})")
+  axes[0].set_title(f"accuracy: {split} (solid), training inputs (dashed)", fontsize=10)
   axes[1].set_title(f"robust accuracy ({split})" + (f"\n{attack}" if attack else ""),
                     fontsize=10)
   axes[2].set_title("training loss (method's objective)")
