@@ -21,3 +21,11 @@ def load(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
+
+
+def clean_baseline(config):
+  """A row trained without adversarial examples (SGD, Entropy-SGD): early stopping keeps its
+  most accurate epoch, not its most robust one (that would pick a half-trained model and
+  flatter the baseline)."""
+  config.early_stopping_metric = "clean_accuracy"
+  return config

@@ -12,13 +12,11 @@ import sys
 import ml_collections
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from config_base import load  # noqa: E402
+from config_base import clean_baseline, load  # noqa: E402
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = load("mnist_l2")
   config.method = "sgd"
-  # A clean-trained baseline: keep its most accurate epoch, not its most robust one (early
-  # stopping on robust accuracy would pick a half-trained model and flatter the baseline).
-  config.early_stopping_metric = "clean_accuracy"
+  clean_baseline(config)  # early stopping on clean accuracy
   return config
