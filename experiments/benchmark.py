@@ -42,6 +42,9 @@ VARIANTS = {
     "atent_linf_two_pass": ("atent_linf", {"sampler.fused": False}),
     "atent_linf_rolled": ("atent_linf", {"sampler.unroll": 1}),
     "atent_linf_unrolled": ("atent_linf", {"sampler.unroll": 0}),
+    # partial unrolling: a rolled loop over blocks of 5 / 10 straight-line steps
+    "atent_linf_unroll5": ("atent_linf", {"sampler.unroll": 5}),
+    "atent_linf_unroll10": ("atent_linf", {"sampler.unroll": 10}),
     "atent_l2": ("atent_l2", {"sampler.norm": "l2", "sampler.eps": 2.0, "sampler.step_size": 0.25,
                               "sampler.gamma": 0.05}),
 }
