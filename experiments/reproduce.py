@@ -29,7 +29,8 @@ all), from the `best/` checkpoint, with experiments/evaluate.py.
 Each training and each evaluation is a subprocess of experiments/main.py / evaluate.py (the
 exact commands are written to OUT/commands.sh before anything runs). Rerunning the same
 command skips rows whose training reached the last epoch and evaluations already written with
-the same settings; a killed run resumes from its last checkpoint. A row that fails is reported
+the same settings (known from OUT or from the run's own folder in --work, so a new OUT reuses
+them); a killed run resumes from its last checkpoint. A row that fails is reported
 and the others go on (exit code 1 at the end). Checkpoints stay in --work (default
 runs/<table>); OUT gets only small files:
 
@@ -528,8 +529,16 @@ def run_row(row: Row, out: str, logs: str) -> dict:
     link_run(row.train_dir, row.eval_dir)
 
   signature = eval_signature(row)
-  have = os.path.exists(os.path.join(dest, "robustness.json"))
-  if have and ev.get("signature") == signature and ev.get("status") == "done":
+  # The evaluation's settings are kept with the results and next to the run (in --work), so a
+  # results folder that was lost or replaced (e.g. a fresh checkout on a GPU machine) does not
+  # send finished evaluations round again.
+  stamp_path = os.path.join(row.eval_dir, "reproduce_eval.json")
+  done_here = os.path.exists(os.path.join(dest, "robustness.json")) and \
+      ev.get("signature") == signature and ev.get("status") == "done"
+  done_in_work = os.path.exists(os.path.join(row.eval_dir, "robustness.json")) and \
+      (load_json(stamp_path, {}) or {}).get("signature") == signature
+  if done_here or done_in_work:
+    ev.update(status="done", signature=signature)
     print(f"[{row.name}] evaluation already written: skipped", flush=True)
   else:
     print(f"[{row.name}] evaluation: {shlex.join(row.eval_cmd)}", flush=True)
@@ -542,6 +551,7 @@ def run_row(row: Row, out: str, logs: str) -> dict:
       print(f"[{row.name}] {status['error']}", flush=True)
       return status
     ev.update(status="done", signature=signature)
+    write_json(stamp_path, {"signature": signature})
   copy_small_files(row.eval_dir, dest)
   write_json(status_path, status)
   return status

@@ -133,3 +133,17 @@ def test_report_only_rewrites_the_reports_and_runs_nothing(reproduced):
   assert "| PGD-AT |" in readme and "--report_only" not in readme
   assert "the machine that ran the rows" in open(os.path.join(out, "machine.md")).read()
   assert open(os.path.join(out, "commands.sh")).read() == commands  # the run's commands kept
+
+
+def test_a_fresh_results_folder_reuses_the_finished_runs(reproduced):
+  """The results folder lost or replaced (a fresh checkout on another machine): training and
+  evaluations already done in --work are not run again."""
+  out, work, _ = reproduced
+  fresh = out + "_fresh"
+  again = _reproduce(fresh, work)
+  assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+  for row in ROWS:
+    assert f"[{row}] training finished (1 epochs): skipped" in again.stdout
+    assert f"[{row}] evaluation already written: skipped" in again.stdout
+    assert os.path.isfile(os.path.join(fresh, row, "robustness.json"))
+  assert "| SGD |" in open(os.path.join(fresh, "table.md")).read()
