@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
+from atent_jax import workdir as workdir_lib
 from atent_jax.errors import CheckpointError, warn
 
 _PAUSE_ENV = "ATENT_JAX_TEST_PAUSE_AT"
@@ -201,12 +202,7 @@ class RunCheckpoints:
       self.best.wait_until_finished()
     if jax.process_index() != 0:  # one writer of best/metrics.json on several hosts
       return
-    tmp = os.path.join(self.workdir, "best", "metrics.json.tmp")
-    with open(tmp, "w") as f:
-      json.dump(record, f, indent=2)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(self.workdir, "best", "metrics.json"))
+    workdir_lib.write_json(os.path.join(self.workdir, "best", "metrics.json"), record)
 
   def close(self) -> None:
     """Waits for the saves in flight (they are durable once this returns) and closes."""

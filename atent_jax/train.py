@@ -217,10 +217,7 @@ def _check_finite(metrics: dict, step: int, epoch: int, workdir: str, last_good)
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-  os.replace(tmp, path)
+  workdir_lib.write_json(path, obj, sort_keys=True)
 
 
 def _truncate_metrics(path: str, last_epoch: int) -> None:

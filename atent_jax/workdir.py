@@ -165,3 +165,15 @@ class RunLock:
 
   def __exit__(self, *exc):
     self.release()
+
+
+def write_json(path: str, obj, **dump_kwargs) -> None:
+  """Writes `obj` as JSON to `path` atomically (a temporary file, fsync, rename): a reader or a
+  killed run never sees half a file. dump_kwargs go to json.dump (default: indent=2)."""
+  dump_kwargs.setdefault("indent", 2)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, **dump_kwargs)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)

@@ -352,10 +352,8 @@ def load_json(path: str, default=None):
 
 
 def write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, default=str)
-  os.replace(tmp, path)
+  from atent_jax import workdir  # pylint: disable=import-outside-toplevel
+  workdir.write_json(path, obj, default=str)
 
 
 def copy_small_files(workdir: str, dest: str) -> None:
