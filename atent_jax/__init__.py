@@ -14,8 +14,8 @@ _xla.configure_xla_flags()
 
 from atent_jax.langevin import ema_weights, optimize_input, sample_langevin  # noqa: E402
 from atent_jax.attacks import pgd, pgd_l2, pgd_linf  # noqa: E402
-from atent_jax.attacks import (ATTACKS, atent_attack, cw_l2, cw_linf, deepfool,  # noqa: E402
-                               fgsm)
+from atent_jax.attacks import (ATTACKS, atent_attack, autoattack, cw_l2, cw_linf,  # noqa: E402
+                               deepfool, fgsm)
 from atent_jax.evaluation import evaluate_attacks  # noqa: E402
 from atent_jax.checkpoint import load_classifier, load_run  # noqa: E402
 from atent_jax.errors import (AtentError, CheckpointError, ConfigError, DataError,  # noqa: E402
@@ -27,5 +27,5 @@ __all__ = [
     "sample_langevin", "optimize_input", "ema_weights", "pgd", "pgd_linf", "pgd_l2",
     "load_classifier", "load_run", "AtentError", "ConfigError", "DataError", "CheckpointError",
     "NonFiniteError", "fgsm", "cw_l2", "cw_linf", "deepfool", "atent_attack", "ATTACKS",
-    "evaluate_attacks",
+    "evaluate_attacks", "autoattack",
 ]

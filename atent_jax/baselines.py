@@ -182,7 +182,7 @@ def mma_margin_points(config, model, params, batch_stats, x, y, key):
   _, hi = jax.lax.fori_loop(0, MMA_BISECTION_STEPS, bisect, (0.0 * ones, ones))
   t = jnp.where(found, hi, 1.0)
   points = x + expand(t) * delta
-  dist = attacks._flat_norm(points - x, s.norm)  # pylint: disable=protected-access
+  dist = attacks.flat_norm(points - x, s.norm)
   return jax.lax.stop_gradient(points), dist, found
 
 

@@ -116,6 +116,10 @@ def run(main, argv) -> None:
     flags.FLAGS(argv)
   except flags.Error as e:
     msg = _one_line(e)
+    if "Error whilst parsing config file" in str(e):
+      # ml-collections wraps get_config(arg)'s error in a traceback: its last line is the reason.
+      path = re.match(r"flag --(\w+=\S+?):? Error", msg)
+      fail(f"--{path.group(1) if path else 'config'}: {_last_line(e)}")
     m = re.match(r"flag --(\w+)\.([\w.]+)=", msg)
     fail(override_error(argv, m.group(1), e) if m else msg)
   except (AttributeError, KeyError, TypeError, ValueError) as e:

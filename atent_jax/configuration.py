@@ -188,6 +188,7 @@ def validate_config(config, num_devices: int = 1) -> None:
 def _validate_more(config, shape, num_classes) -> None:
   """Types of flags and strings, model and method fields, eps ranges of l_inf balls."""
   for path in ("train.nesterov", "train.progress_bar", "sampler.random_init", "sampler.fused",
+               "sampler.project_every_step",
                "eval.random_init", "early_stopping", "data.augment", "train.mixed_precision"):
     _bool(config, path)
   for path in ("data.dir", "data.tfds_data_dir", "train.init_from"):

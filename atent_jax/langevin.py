@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -282,6 +283,7 @@ def sample_langevin(
     clip: tuple[float, float] | None = (0.0, 1.0),
     return_all: bool = False,
     update: str = "code",
+    project_every_step: bool = False,
     unroll: bool | int | None = None,
 ) -> jax.Array:
   """Draws ATENT's Langevin samples x' near each example, p(x') ~ exp(L(x') - gamma/2 ||x'-x||).
@@ -298,7 +300,8 @@ def sample_langevin(
       batch of B keys. An example's sample depends only on its own key, so it is the same alone
       or in a batch when given the same per-example key.
     norm: 'linf' (Algorithm 2) or 'l2' (Algorithm 1).
-    eps: radius of the ball the LAST sample is projected onto (earlier samples are unprojected).
+    eps: radius of the ball the LAST sample is projected onto (earlier samples are unprojected
+      unless `project_every_step`).
     step_size: the Langevin step eta'.
     num_steps: K, the number of samples.
     gamma: l_2 only, the pull gamma * (x - x') towards the clean point.
@@ -311,6 +314,9 @@ def sample_langevin(
       l_inf x' += step * sign(g) + noise; l_2 x' += step * g / ||g||_2 (per example) +
       gamma * (x - x') + noise. 'paper' is the literal Eq. 8 / Eq. 11 with the raw gradient:
       x' += step * (g + gamma * (x - x')) + noise (l_inf: x' += step * g + noise).
+    project_every_step: project every sample onto the eps-ball, not only the last one. The
+      paper's Algorithm 2 projects at the K-th step only (False); the authors' notebook behind
+      Table 2 (MNIST l_inf) projects after every step (True).
     unroll: fori_loop unrolling; None picks the backend default (unrolled on CPU, where a
       rolled loop with conv gradients is 4-12x slower).
 
@@ -319,12 +325,13 @@ def sample_langevin(
   """
   opt = langevin_optimizer(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
                            gamma=gamma, noise_scale=noise_scale, random_init=random_init,
-                           clip=clip, update=update)
+                           clip=clip, update=update, project_every_step=project_every_step)
   return opt.run(loss_fn, x, y, key, return_all=return_all, unroll=unroll)
 
 
 def langevin_optimizer(*, norm, eps, step_size, num_steps, gamma=0.0, noise_scale=1e-3,
-                       random_init=True, clip=(0.0, 1.0), update="code") -> InputOptimizer:
+                       random_init=True, clip=(0.0, 1.0), update="code",
+                       project_every_step=False) -> InputOptimizer:
   """The InputOptimizer that `sample_langevin` runs (ATENT's sampler), validated."""
   validate_optimizer_args(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
                           noise_scale=noise_scale, gamma=gamma)
@@ -333,16 +340,19 @@ def langevin_optimizer(*, norm, eps, step_size, num_steps, gamma=0.0, noise_scal
   direction = "raw" if paper else ("sign" if norm == "linf" else "l2")
   init = ("corner" if norm == "linf" else "normal_projected") if random_init else "zero"
   return InputOptimizer(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
-                        direction=direction, projection="last", init_kind=init,
+                        direction=direction, projection="every" if project_every_step else "last",
+                        init_kind=init,
                         noise_scale=noise_scale, gamma=gamma if norm == "l2" else 0.0,
                         gamma_times_step=paper, clip=clip)
 
 
-def ema_weights(num_samples: int, alpha: float = 0.9) -> jax.Array:
+def ema_weights(num_samples: int, alpha: float = 0.9, dtype=None) -> jax.Array:
   """Weights c_k with mu_K = sum_k c_k L_k for mu <- (1 - alpha) mu + alpha L_k, mu_0 = 0.
 
   c_k = alpha * (1 - alpha)^(K - k): with alpha 0.9 the last sample weighs 0.9, the one before
-  0.09, then 0.009, ...; they sum to 1 - (1 - alpha)^K.
+  0.09, then 0.009, ...; they sum to 1 - (1 - alpha)^K. Computed in float64 with NumPy, then
+  cast to dtype (JAX's default float, float64 under jax_enable_x64, unless given).
   """
-  k = jnp.arange(1, num_samples + 1)
-  return alpha * (1.0 - alpha) ** (num_samples - k).astype(jnp.float32)
+  dtype = jax.dtypes.canonicalize_dtype(jnp.float64 if dtype is None else dtype)
+  k = np.arange(1, num_samples + 1)
+  return jnp.asarray(alpha * (1.0 - alpha) ** (num_samples - k), dtype)

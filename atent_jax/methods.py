@@ -5,9 +5,11 @@
 so a method may compute its gradient any way it likes (value_and_grad of a loss for most;
 weight-space Langevin for Entropy-SGD; one forward/backward per Langevin step for fused ATENT).
 
-The inner maximisation (ATENT's sampler, PGD) always sees the model in eval mode (dropout off,
-batch-norm running averages): it works per example under vmap, where train-mode batch
-statistics would be statistics of one image. The weight loss uses train mode.
+The inner maximisation of PGD-AT, TRADES, MART and the two-pass ATENT step sees the model in
+eval mode (dropout off, batch-norm running averages): it works per example under vmap, where
+train-mode batch statistics would be statistics of one image. The fused ATENT step (the
+default) samples in train mode, as the authors' code does: one batched pass at each sample gives
+its input gradient and its weight gradient. The weight loss always uses train mode.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ def atent_samples(config, model, params, batch_stats, x, y, key):
   samples = langevin.sample_langevin(
       attacks.cross_entropy_loss(logits_fn), x, y, key, norm=s.norm, eps=s.eps,
       step_size=s.step_size, num_steps=s.num_steps, gamma=s.gamma, noise_scale=s.noise_scale,
-      random_init=s.random_init, update=s.update_rule, return_all=True, unroll=_unroll(config))
+      random_init=s.random_init, update=s.update_rule,
+      project_every_step=s.get("project_every_step", False), return_all=True,
+      unroll=_unroll(config))
   return jax.lax.stop_gradient(samples)
 
 
@@ -164,7 +168,8 @@ def make_atent_fused(config, model) -> GradFn:
   weights = langevin.ema_weights(num_steps, s.alpha)
   opt = langevin.langevin_optimizer(
       norm=s.norm, eps=s.eps, step_size=s.step_size, num_steps=num_steps, gamma=s.gamma,
-      noise_scale=s.noise_scale, random_init=s.random_init, update=s.update_rule)
+      noise_scale=s.noise_scale, random_init=s.random_init, update=s.update_rule,
+      project_every_step=s.get("project_every_step", False))
   # Steps i < i_both compute the input gradient only (the sample x'i has weight 0 or < tol).
   i_both = min(first_weighted_sample(num_steps, s.alpha, s.ema_tolerance), num_steps)
   unroll = _unroll(config)
@@ -194,11 +199,12 @@ def make_atent_fused(config, model) -> GradFn:
       (l, (bs, _)), (gw, gx) = jax.value_and_grad(batch_loss, argnums=(0, 2), has_aux=True)(
           params, bs, xp, i)
       c = weights[i - 1] / x.shape[0]  # x'i is sample i (1-based); mean over the batch
-      gsum = jax.tree_util.tree_map(lambda a, b: a + c * b, gsum, gw)
-      return step(i, x, xp, gx, noise_keys), bs, gsum, lsum + c * l
+      gsum = jax.tree_util.tree_map(lambda a, b: a + (c * b).astype(a.dtype), gsum, gw)
+      return step(i, x, xp, gx, noise_keys), bs, gsum, (lsum + c * l).astype(lsum.dtype)
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    carry = (xp, bs, zeros, jnp.zeros((), jnp.float32))
+    # The accumulators follow the dtypes in use (float64 under jax_enable_x64).
+    carry = (xp, bs, zeros, jnp.zeros((), weights.dtype))
     if i_both < num_steps:
       xp, bs, gsum, lsum = jax.lax.fori_loop(i_both, num_steps, both, carry, unroll=unroll)
     else:
@@ -207,7 +213,7 @@ def make_atent_fused(config, model) -> GradFn:
     (l, (bs, logits)), gw = jax.value_and_grad(batch_loss, has_aux=True)(params, bs, xp,
                                                                           num_steps)
     c = weights[num_steps - 1] / x.shape[0]
-    grads = jax.tree_util.tree_map(lambda a, b: a + c * b, gsum, gw)
+    grads = jax.tree_util.tree_map(lambda a, b: a + (c * b).astype(a.dtype), gsum, gw)
     loss = lsum + c * l
     return loss, grads, bs, {"train_accuracy": _accuracy(logits, y)}
 

@@ -39,10 +39,11 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from atent_jax import attacks, checkpoint as ckpt_lib, distributed, methods, models
+from atent_jax import attacks, checkpoint as ckpt_lib, distributed, methods, models, plots
 from atent_jax import workdir as workdir_lib
 from atent_jax.data import DATASETS, Dataset, check_images, check_labels, load_dataset
-from atent_jax.errors import ConfigError, DataError, NonFiniteError
+from atent_jax.errors import ConfigError, DataError, NonFiniteError, warn
+from atent_jax.metrics import robust_correct
 
 
 @flax.struct.dataclass
@@ -166,11 +167,13 @@ def make_eval_step(config, model):
 
   def eval_step(params, batch_stats, x, y, mask, key):
     logits_fn = methods.eval_logits_fn(model, params, batch_stats)
-    clean = (jnp.argmax(logits_fn(x), -1) == y) & mask
+    clean_pred = jnp.argmax(logits_fn(x), -1)
     adv = attacks.pgd(logits_fn, x, y, key, norm=e.norm, eps=e.eps, step_size=e.step_size,
                       num_steps=e.num_steps, random_init=e.random_init, restarts=e.restarts,
                       unroll=unroll)
-    robust = (jnp.argmax(logits_fn(adv), -1) == y) & mask
+    clean = (clean_pred == y) & mask
+    # Robust: correct on x AND on the attack's point (the evaluator's definition).
+    robust = robust_correct(y, clean_pred, jnp.argmax(logits_fn(adv), -1)) & mask
     return clean.sum(), robust.sum()
 
   return eval_step
@@ -488,7 +491,43 @@ def _train_loop(config, workdir, dataset, model, tx, schedule, state, checkpoint
     summary = record
     if primary:
       print(json.dumps(record), flush=True)
+  if primary:
+    print(end_of_run(config, workdir), flush=True)
   return summary
+
+
+def _display_path(path: str) -> str:
+  """`path` relative to the working directory when it lies below it (shorter to copy)."""
+  relative = os.path.relpath(path)
+  return path if relative.startswith("..") else relative
+
+
+def end_of_run(config, workdir: str) -> str:
+  """Draws WORKDIR/training_curves.png and returns the run's one-line summary: the last
+  evaluation, the epoch best/ holds, the PNG and the evaluate command to run next (a stronger
+  attack than the per-epoch PGD). Also after a resumed run that had nothing left to train."""
+  records = plots.read_metrics(workdir)
+  last = [r for r in records if "robust_accuracy" in r][-1]
+  shown = _display_path(workdir)
+  line = (f"done: epoch {last['epoch']}/{config.train.num_epochs}: clean "
+          f"{100 * last['clean_accuracy']:.1f}%, robust {100 * last['robust_accuracy']:.1f}% "
+          f"({last['eval_attack']}; {last['num_eval']} {last['eval_split']} images)")
+  best_path = os.path.join(workdir, "best", "metrics.json")
+  if os.path.exists(best_path):
+    with open(best_path) as f:
+      best = json.load(f)
+    metric = config.early_stopping_metric
+    line += (f"; best: epoch {best['epoch']} ({metric} {100 * best[metric]:.1f}%) in "
+             f"{os.path.join(shown, 'best')}")
+  curves = os.path.join(workdir, plots.CURVES_FILE)
+  try:
+    plots.training_curves([workdir], curves, labels=[config.method],
+                          title=f"{config.method}: {shown}")
+    line += f"; curves: {os.path.join(shown, plots.CURVES_FILE)}"
+  except OSError as e:  # the run itself is complete and saved: say so, do not fail it
+    warn(f"could not write {curves} ({e}); draw it later with experiments/figures.py curves")
+  return (f"{line}; next: python experiments/evaluate.py --workdir={shown} "
+          f"--attacks=pgd100_{config.eval.norm} --restarts=5")
 
 
 def _progress(config, epoch, total, initial):

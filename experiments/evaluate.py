@@ -1,44 +1,63 @@
-"""Evaluates a trained run against a set of attacks (the paper's Tables 1-3).
+"""Evaluates a trained run against a set of attacks (the paper's Tables 1-3, and AutoAttack).
 
-  python experiments/evaluate.py --workdir=RUN [--attacks=pgd20_linf,cw_linf,...] \
+  python experiments/evaluate.py --workdir=RUN [--attacks=pgd20_linf,cw_linf,autoattack,...] \
       [--num_examples=N] [--batch_size=500] [--restarts=1] [--eps=...] [--which=best]
 
 Loads the run's model in eval mode (atent_jax.load_run: the best checkpoint, else the latest)
 and a split of its data (default: the whole test set; --split), runs the attacks with
-atent_jax.evaluation.evaluate_attacks and writes
+atent_jax.evaluation.evaluate_attacks (a progress bar per attack shows the points still robust)
+and writes
   RUN/robustness.json  clean accuracy; per attack name, norm, eps, steps, restarts, robust
-                       accuracy, number of examples; the sanity checks and their warnings
-  RUN/robustness.md    a markdown table (rows: defenses, columns: Benign + attacks)
+                       accuracy, number of examples and the per-example outcome
+                       (robust_examples: a bitmap, see atent_jax.evaluation.encode_mask; for
+                       AutoAttack also what each member broke); the examples used (indices in
+                       the split, a checksum of their labels); the sanity checks, the
+                       gradient-masking flags and their warnings
+  RUN/robustness.md    a markdown table (rows: defenses, columns: Benign + attacks), the attacks'
+                       budgets and times, the sanity checks and the gradient-masking flags
+Two robustness.json files of the same examples compare example by example with
+experiments/compare_robustness.py.
 
-Attack names (--attacks, comma separated; an optional @EPS sets that attack's radius and an
-optional :step=STEP its step size, e.g. pgd20_linf@0.3:step=0.0375):
+Attack names (--attacks, comma separated), derived from atent_jax.attacks.registry:
+NAME[@EPS][:key=value]..., e.g. pgd20_linf@0.3:step=0.0375 or square:num_queries=1000.
   pgd                  the run's own evaluation PGD (config.eval: norm, eps, steps, step size)
   pgdN_linf, pgdN_l2   PGD with N steps (e.g. pgd20_linf, pgd40_l2)
   cw_linf, cw_linf_tanh, cw_l2, deepfool_linf, deepfool_l2, fgsm_linf, fgsm_l2,
-  atentN_linf, atentN_l2 (ATENT as an attack, N steps), and the registry names fgsm, pgd_linf,
-  pgd_l2, cw_l2, cw_linf, deepfool, atent_attack.
+  atentN_linf, atentN_l2 (ATENT as an attack, N steps)
+  autoattack           AutoAttack standard (APGD-CE, APGD-T, FAB-T, Square), in the run's norm
+                       (autoattack_linf, autoattack_l2; :version=plus or rand)
+  apgd_ce, apgd_t, fab_t, square   one AutoAttack member alone, with AutoAttack's settings and
+                       randomness (what it breaks alone, it breaks inside the ensemble)
+  and the registry names fgsm, pgd_linf, pgd_l2, cw_l2, cw_linf, deepfool, atent_attack, ...
+  (their registry defaults). A stem without _NORM takes the run's norm.
+:key=value sets any default argument of the attack (:step=X is :step_size=X).
 The default set follows the run's norm (config.eval.norm): l_inf: the run's PGD (MNIST:
-PGD-20 step 0.01 eps 0.3) and CW-l_inf; l_2: the run's PGD (MNIST: PGD-40 step 0.25 eps 2) and
-CW-l_2. Radii default to config.eval.eps for attacks of the run's norm (0.3 l_inf / 2.0 l_2
-otherwise); --eps overrides every attack's radius.
-User errors (unknown attack names, eps <= 0, a workdir without a checkpoint, a checkpoint of
-another architecture) print one line and exit with code 2.
+PGD-20 step 0.01 eps 0.3), CW-l_inf and AutoAttack; l_2: the run's PGD (MNIST: PGD-40 step 0.25
+eps 2), CW-l_2 and AutoAttack. Radii default to config.eval.eps for attacks of the run's norm
+(0.3 l_inf / 2.0 l_2 otherwise); --eps overrides every attack's radius.
+User errors (unknown attack names, eps <= 0, a norm an attack does not support, a model whose
+output is not (batch, classes), a workdir without a checkpoint, a checkpoint of another
+architecture) print one `error:` line and exit with code 2, writing nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
-from absl import flags  # noqa: E402
+import jax
+import numpy as np
+from absl import flags
 
-from atent_jax import cli  # noqa: E402
-from atent_jax.errors import ConfigError  # noqa: E402
+import atent_jax  # noqa: F401  (sets the XLA flags; JAX reads them at its first computation)
+from atent_jax import checkpoint, cli, evaluation
+from atent_jax.attacks import registry
+from atent_jax.data import load_dataset
+from atent_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run to evaluate.")
@@ -56,97 +75,66 @@ flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to evaluate."
 flags.DEFINE_string("data_dir", None, "Override config.data.dir (where the run's data lies).")
 flags.DEFINE_bool("sanity_checks", True, "Run the sanity checks (monotonicity, unbounded "
                   "attack, vanishing gradients) on a subset.")
-flags.DEFINE_integer("sanity_examples", 200, "Examples used by the sanity checks.")
+flags.DEFINE_integer("sanity_examples", 200, "Examples used by the sanity checks and the "
+                     "gradient-masking flags.")
+flags.DEFINE_bool("progress", True, "Show a progress bar per attack (stderr).")
 
-_STANDARD_EPS = {"linf": 0.3, "l2": 2.0}
-_STANDARD_PGD_STEP = {"linf": 0.01, "l2": 0.25}
+
+def run_defaults(eval_config) -> registry.RunDefaults:
+  """What the attack tokens take from the run: its eval norm, eps, step size and steps."""
+  return registry.RunDefaults(norm=eval_config.norm, eps=float(eval_config.eps),
+                              step_size=float(eval_config.step_size),
+                              num_steps=int(eval_config.num_steps))
 
 
 def parse_attack(token: str, eval_config, eps_override=None, restarts=1) -> dict:
   """One --attacks token -> an evaluate_attacks spec item; ConfigError when unknown/bad eps."""
-  from atent_jax import attacks, evaluation  # pylint: disable=import-outside-toplevel
-  token = token.strip()
-  head, _, options = token.partition(":")
-  name, _, eps_text = head.partition("@")
-  step_override = None
-  if options:
-    key, sep, value = options.partition("=")
-    try:
-      if key != "step" or not sep:
-        raise ValueError
-      step_override = float(value)
-    except ValueError:
-      raise ConfigError(f"--attacks: {token!r}: the only option is the step size: use "
-                        "NAME[@EPS]:step=STEP, e.g. pgd20_linf@0.3:step=0.0375") from None
-    if not step_override > 0:
-      raise ConfigError(f"--attacks: {token!r}: step={value} is not valid: use a number > 0")
-  eps = eps_override
-  if eps_text:
-    try:
-      eps = float(eps_text)
-    except ValueError:
-      raise ConfigError(f"--attacks: {token!r} has a radius that is not a number: use "
-                        "NAME@EPS, e.g. pgd20_linf@0.1") from None
-  run_norm = eval_config.norm
-
-  def radius(norm):
-    if eps is not None:
-      return eps
-    return float(eval_config.eps) if norm == run_norm else _STANDARD_EPS[norm]
-
-  def pgd_step(norm):
-    return float(eval_config.step_size) if norm == run_norm else _STANDARD_PGD_STEP[norm]
-
-  spec = None
-  m = re.fullmatch(r"pgd(\d+)_(linf|l2)", name)
-  if name == "pgd":
-    norm = run_norm
-    spec = {"attack": f"pgd_{norm}", "num_steps": int(eval_config.num_steps),
-            "step_size": pgd_step(norm), "restarts": restarts, "eps": radius(norm)}
-  elif m:
-    norm = m.group(2)
-    spec = {"attack": f"pgd_{norm}", "num_steps": int(m.group(1)), "step_size": pgd_step(norm),
-            "restarts": restarts, "eps": radius(norm)}
-  elif name in ("cw_linf", "cw_linf_tanh"):
-    spec = {"attack": "cw_linf", "eps": radius("linf"), "step_size": pgd_step("linf"),
-            "restarts": restarts}
-    if name == "cw_linf_tanh":
-      spec.update(variant="tanh", num_steps=100, name="CW-l_inf (tanh)")
-    elif run_norm == "linf":
-      spec["num_steps"] = int(eval_config.num_steps)
-  elif name == "cw_l2":
-    spec = {"attack": "cw_l2", "eps": radius("l2")}
-  elif re.fullmatch(r"(deepfool|fgsm)_(linf|l2)", name):
-    base, norm = name.split("_")
-    spec = {"attack": base, "norm": norm, "eps": radius(norm)}
-  elif re.fullmatch(r"atent(\d+)_(linf|l2)", name):
-    steps, norm = re.fullmatch(r"atent(\d+)_(linf|l2)", name).groups()
-    spec = {"attack": "atent_attack", "norm": norm, "num_steps": int(steps),
-            "step_size": pgd_step(norm), "eps": radius(norm)}
-  elif name in attacks.ATTACKS:
-    defaults = attacks.ATTACKS[name][1]
-    norm = attacks.attack_norm(name, defaults)
-    spec = {"attack": name, "eps": radius(norm)}
-    if "restarts" in defaults:
-      spec["restarts"] = restarts
-  if spec is None:
-    raise ConfigError(f"--attacks: {name!r} is not a known attack: use pgd, pgdN_linf, pgdN_l2, "
-                      "cw_linf, cw_linf_tanh, cw_l2, deepfool_linf, deepfool_l2, fgsm_linf, "
-                      "fgsm_l2, atentN_linf, atentN_l2 or one of "
-                      f"{', '.join(sorted(attacks.ATTACKS))}")
-  if step_override is not None:
-    if "step_size" not in spec:
-      raise ConfigError(f"--attacks: {token!r}: {name} has no step size to set: drop ':step='")
-    spec["step_size"] = step_override
-    spec["name"] = (spec.get("name") or evaluation.default_name(spec["attack"], spec)) + \
-        f" (step {step_override:g})"
-  if spec["eps"] is None or not spec["eps"] > 0 or spec["eps"] != spec["eps"]:
-    raise ConfigError(f"--attacks: {token!r}: eps={spec['eps']} is not valid: use a number > 0")
+  try:
+    spec = registry.parse_token(token, run_defaults(eval_config), eps_override, restarts)
+    evaluation.normalise_spec(spec)  # the same checks as the API (norm, arguments)
+  except ValueError as e:
+    raise ConfigError(f"--attacks: {e}") from None
   return spec
 
 
 def default_attacks(eval_config) -> list[str]:
-  return ["pgd", "cw_linf"] if eval_config.norm == "linf" else ["pgd", "cw_l2"]
+  """The paper's attacks for the run's norm, next to AutoAttack standard."""
+  paper = ["pgd", "cw_linf"] if eval_config.norm == "linf" else ["pgd", "cw_l2"]
+  return [*paper, "autoattack"]
+
+
+def report_lines(results: dict) -> list[str]:
+  """The markdown report below the table: budgets, AutoAttack's breakdown, checks, warnings."""
+  lines = ["Attacks: " + "; ".join(
+      f"{r['name']}: {r['attack']} {r['norm']} eps {r['eps']:g}, {r['budget']}, "
+      f"{r['seconds']:.0f} s" for r in results["attacks"]) + "."]
+  for r in results["attacks"]:
+    if "members" in r:
+      parts = ", ".join(f"{m['name']} {m['broken']}" for m in r["members"])
+      robust = round(r["robust_accuracy"] * r["num_examples"])
+      lines += ["", (f"{r['name']} ({r['norm']} eps {r['eps']:g}): examples broken by each "
+                     f"member on the points still robust: {parts}; robust {robust} of "
+                     f"{r['num_examples']}.")]
+  if "sanity_checks" in results:
+    sc = results["sanity_checks"]
+    lines.append("")
+    lines.append(f"Sanity checks ({sc['num_examples']} examples, {sc['attack']} "
+                 f"{sc['base']}): base {100 * sc['base_robust_accuracy']:.2f}%, "
+                 f"eps/2 {100 * sc['eps_monotone']['robust_accuracy']:.2f}% "
+                 f"({'ok' if sc['eps_monotone']['passed'] else 'FAILED'}), stronger "
+                 f"{100 * sc['strength_monotone']['robust_accuracy']:.2f}% "
+                 f"({'ok' if sc['strength_monotone']['passed'] else 'FAILED'}), unbounded "
+                 f"{100 * sc['unbounded']['robust_accuracy']:.2f}% "
+                 f"({'ok' if sc['unbounded']['passed'] else 'FAILED'}), vanishing gradients "
+                 f"{100 * sc['vanishing_gradients']['fraction_of_correct']:.1f}% "
+                 f"({'ok' if sc['vanishing_gradients']['passed'] else 'WARNING'}).")
+  if "gradient_masking" in results:
+    lines += ["", evaluation.masking_summary(results["gradient_masking"]) + "."]
+  if results["warnings"]:
+    lines.append("")
+  for w in results["warnings"]:
+    lines.append(f"- warning: {w}")
+  return lines
 
 
 def main(argv):
@@ -163,11 +151,6 @@ def main(argv):
   workdir = FLAGS.workdir
   if not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} does not exist or is not a directory")
-
-  from atent_jax import checkpoint, evaluation  # pylint: disable=import-outside-toplevel
-  from atent_jax.data import load_dataset  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
   config = checkpoint.load_config(workdir)
   tokens = FLAGS.attacks or default_attacks(config.eval)
@@ -194,39 +177,27 @@ def main(argv):
     results = evaluation.evaluate_attacks(
         apply, np.asarray(images), np.asarray(labels), specs, jax.random.PRNGKey(FLAGS.seed),
         FLAGS.batch_size, params=variables, sanity_checks=FLAGS.sanity_checks,
-        sanity_examples=FLAGS.sanity_examples, verbose=True)
-  except ValueError as e:  # bad attack arguments
+        sanity_examples=FLAGS.sanity_examples, verbose=True, progress=FLAGS.progress)
+  except ValueError as e:  # bad attack arguments, a model output of the wrong shape
     raise ConfigError(str(e)) from None
   results.update({"workdir": os.path.abspath(workdir), "method": config.method,
                   "model": config.model.name, "eval_split": split_name,
-                  "checkpoint": FLAGS.which, "seed": FLAGS.seed})
+                  "checkpoint": FLAGS.which, "seed": FLAGS.seed,
+                  "command": shlex.join(["python", "experiments/evaluate.py",
+                                         *sys.argv[1:]])})
+  results["examples"]["split"] = split_name
   with open(os.path.join(workdir, "robustness.json"), "w") as f:
     json.dump(results, f, indent=2, default=str)
   table = evaluation.markdown_table([(config.method, results)])
   lines = [f"# Robustness of {os.path.basename(os.path.abspath(workdir))}", "",
-           f"Robust accuracy (%) on {len(labels)} {split_name} images "
-           f"({dataset.source}); model {config.model.name}, eval mode.", "", table]
-  lines.append("Attacks: " + "; ".join(
-      f"{r['name']}: {r['attack']} {r['norm']} eps {r['eps']:g}, {r['steps']} steps, "
-      f"{r['restarts']} restart(s)" for r in results["attacks"]) + ".")
-  if "sanity_checks" in results:
-    sc = results["sanity_checks"]
-    lines.append("")
-    lines.append(f"Sanity checks ({sc['num_examples']} examples, {sc['attack']} "
-                 f"{sc['base']}): base {100 * sc['base_robust_accuracy']:.2f}%, "
-                 f"eps/2 {100 * sc['eps_monotone']['robust_accuracy']:.2f}% "
-                 f"({'ok' if sc['eps_monotone']['passed'] else 'FAILED'}), stronger "
-                 f"{100 * sc['strength_monotone']['robust_accuracy']:.2f}% "
-                 f"({'ok' if sc['strength_monotone']['passed'] else 'FAILED'}), unbounded "
-                 f"{100 * sc['unbounded']['robust_accuracy']:.2f}% "
-                 f"({'ok' if sc['unbounded']['passed'] else 'FAILED'}), vanishing gradients "
-                 f"{100 * sc['vanishing_gradients']['fraction_of_correct']:.1f}% "
-                 f"({'ok' if sc['vanishing_gradients']['passed'] else 'WARNING'}).")
-  for w in results["warnings"]:
-    lines.append(f"- warning: {w}")
+           (f"Robust accuracy (%) on {len(labels)} {split_name} images "
+            f"({dataset.source}); model {config.model.name}, eval mode."), "", table]
+  lines += report_lines(results)
   with open(os.path.join(workdir, "robustness.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print(table, flush=True)
+  if "gradient_masking" in results:
+    print(evaluation.masking_summary(results["gradient_masking"]), flush=True)
   for w in results["warnings"]:
     print(f"warning: {w}", file=sys.stderr)
   print(f"wrote {os.path.join(workdir, 'robustness.json')} and robustness.md", flush=True)

@@ -1,5 +1,5 @@
-"""Figures of the paper, as analogues: training curves (Figure 2) and toy decision boundaries
-(Figure 1).
+"""Figures of the paper, as analogues: training curves (Figure 2, drawn by atent_jax.plots) and
+toy decision boundaries (Figure 1).
 
   # Figure 2 analogue: clean / robust accuracy per epoch and the training loss of any runs
   python experiments/figures.py curves --workdirs=runs/table2/sgd,runs/table2/atent_linf \
@@ -18,7 +18,6 @@ its clean and PGD-20 robust accuracy on held-out points.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,74 +25,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+# The curves are drawn by the library (a run draws its own at its end); re-exported here for
+# the `curves` command and experiments/reproduce.py.
+from atent_jax.plots import read_metrics, training_curves  # noqa: F401
+
 
 def _plt():
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   return plt
-
-
-# --- Figure 2 analogue: training curves -------------------------------------------------------
-
-def read_metrics(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} holds no metrics.jsonl: pass a training run's workdir")
-  records = []
-  with open(path) as f:
-    for line in f:
-      if line.strip():
-        records.append(json.loads(line))
-  return records
-
-
-def training_curves(workdirs, out: str, labels=None, title: str | None = None) -> str:
-  """One PNG, three panels: clean accuracy on the evaluation split (and, dashed, on the method's
-  own training inputs: clean for SGD, adversarial or sampled for the others), robust accuracy on
-  the evaluation split, and the mean training loss per epoch, one line per workdir. Returns
-  `out`."""
-  plt = _plt()
-  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
-  labels = list(labels) if labels else [os.path.basename(os.path.normpath(w)) for w in workdirs]
-  if len(labels) != len(workdirs):
-    raise ValueError(f"{len(labels)} labels for {len(workdirs)} workdirs")
-  fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-  split, attack = "evaluation split", ""
-  for w, label in zip(workdirs, labels):
-    records = read_metrics(w)
-    ev = [r for r in records if "robust_accuracy" in r]
-    if ev:
-      split = ev[-1].get("eval_split", split) + " split"
-      attack = ev[-1].get("eval_attack", attack)
-      epochs = [r["epoch"] for r in ev]
-      line, = axes[0].plot(epochs, [100 * r["clean_accuracy"] for r in ev], marker="o", ms=3,
-                           label=label)
-      train = [r for r in records if "train_accuracy" in r]
-      if train:  # dashed, same colour: accuracy on the method's own training inputs
-        axes[0].plot([r["epoch"] for r in train], [100 * r["train_accuracy"] for r in train],
-                     ls="--", color=line.get_color(), lw=1)
-      axes[1].plot(epochs, [100 * r["robust_accuracy"] for r in ev], marker="o", ms=3,
-                   label=label)
-    axes[2].plot([r["epoch"] for r in records], [r["train_loss"] for r in records], marker="o",
-                 ms=3, label=label)
-  axes[0].set_title(f"accuracy: {split} (solid), training inputs (dashed)", fontsize=10)
-  axes[1].set_title(f"robust accuracy ({split})" + (f"\n{attack}" if attack else ""),
-                    fontsize=10)
-  axes[2].set_title("training loss (method's objective)")
-  for ax, ylabel in zip(axes, ("accuracy (%)", "accuracy (%)", "loss")):
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  if title:
-    fig.suptitle(title)
-  fig.tight_layout()
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
 
 
 # --- Figure 1 analogue: toy decision boundaries -----------------------------------------------
@@ -162,6 +103,7 @@ def train_toy(method: str, x, y, *, eps: float, steps: int, steps_k: int = 10, l
   """Trains the MLP with the library's train step for `method`; returns (model, variables)."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from atent_jax import train  # pylint: disable=import-outside-toplevel
   config = toy_config(method, eps, steps_k, lr, batch)
   model = _mlp()
@@ -184,6 +126,7 @@ def toy_figure(out: str, *, eps: float = 0.06, steps: int = 600, n_train: int = 
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from atent_jax import attacks  # pylint: disable=import-outside-toplevel
   plt = _plt()
   x, y = two_moons(n_train, seed=0)
@@ -196,7 +139,8 @@ def toy_figure(out: str, *, eps: float = 0.06, steps: int = 600, n_train: int = 
   for ax, (method, label) in zip(axes, methods):
     t0 = time.time()
     model, variables = train_toy(method, x, y, eps=eps, steps=steps)
-    logits_fn = jax.jit(lambda v: model.apply(variables, v, train=False))
+    logits_fn = jax.jit(lambda v, model=model, variables=variables:
+                        model.apply(variables, v, train=False))
     clean = float(np.mean(np.argmax(logits_fn(xt), -1) == yt))
     adv = attacks.pgd_linf(logits_fn, jnp.asarray(xt), jnp.asarray(yt), jax.random.PRNGKey(7),
                            eps=eps, step_size=eps / 8, num_steps=20, restarts=1)
@@ -247,12 +191,12 @@ def main(argv=None):
     try:
       training_curves(dirs, args.out, labels, args.title)
     except (FileNotFoundError, ValueError) as e:
-      print(str(e), file=sys.stderr)
+      print(f"error: {e}", file=sys.stderr)
       return 2
     print(f"wrote {args.out}")
   else:
     if not 0 < args.eps < 0.5 or args.steps < 1 or args.grid < 2:
-      print("--eps must be in (0, 0.5), --steps >= 1, --grid >= 2", file=sys.stderr)
+      print("error: --eps must be in (0, 0.5), --steps >= 1, --grid >= 2", file=sys.stderr)
       return 2
     import atent_jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
     summary = toy_figure(args.out, eps=args.eps, steps=args.steps, grid=args.grid)

@@ -1,38 +1,54 @@
-"""PyTorch (CPU) reference of the training steps, for benchmarking atent-jax only.
+"""PyTorch reference of the training steps, for benchmarking atent-jax only.
 
-Re-implements, step for step, what the public PyTorch code of the methods does per training
-step on MNIST with the TRADES SmallCNN, so we can time it on the same machine:
+Re-implements what the public PyTorch code of each method does in one training step on MNIST
+with the TRADES SmallCNN, so that it can be timed on the same machine as our JAX step:
 
-  sgd         clean cross-entropy step.
+  sgd         clean cross-entropy step (train mode).
   pgd_at      PGD adversarial training (Madry et al.): l_inf, uniform random start, K steps of
-              x' += step * sign(grad), projection onto the eps-ball and [0, 1] at every step,
-              then one SGD step on CE(model(x'), y).
+              x' += step * sign(grad) with input gradients only (eval mode), projection onto the
+              eps-ball and [0, 1] every step, then one SGD step on CE(model(x'), y) (train mode).
   trades      TRADES (beta 6): x' = x + 0.001 randn, K steps on KL(model(x') || model(x)) with
-              sign gradient and projection (model(x) recomputed inside the loop as the authors'
-              code does), then CE(model(x), y) + beta * KL_batchmean.
-  atent_linf  ATENT l_inf as the authors wrote it: K Langevin steps, each with (1) a forward
-              pass under autograd and torch.autograd.grad w.r.t. x' (eval mode), (2) the update
-              x' += step * sign(grad) + noise_scale * sqrt(2 step) * randn, clamp to [0, 1]
-              (projection to the eps-ball only after the last step), (3) a second forward pass
-              (train mode) whose loss stays in the graph: mu = (1 - alpha) mu + alpha loss_k.
-              All K graphs are retained; then ONE backward of mu and the SGD update.
-  atent_l2    the same with x' += step * g / ||g||_2 (per example) + gamma (x - x') + noise,
-              projection to the l_2 eps-ball (eps 2) after the last step.
+              sign gradient and projection every step (eval mode, model(x) recomputed inside the
+              loop as the TRADES code does), then CE(model(x), y) + beta * KL_batchmean.
+  atent_linf  ATENT l_inf, K Langevin samples, Table 2's notebook settings (GauriJagatap/StochAT
+              notebooks/mnist_exps_linf.ipynb with adversarial/functional.py, where the notebook
+              runs L = K samples; the table's own run is K 80): step 0.01, eps 0.3, noise 1e-4,
+              alpha 0.9, start x + eps * sign(randn), projection onto the eps-ball and [0, 1]
+              after EVERY sample; after each sample a second forward pass whose loss stays in
+              the graph, mu = (1 - alpha) mu + alpha loss_k; all K graphs are retained and ONE
+              backward of mu precedes the SGD update.
+  atent_l2    ATENT l_2, Table 1's notebook settings (notebooks/mnist_exps_l2.ipynb): step 0.75
+              (3 x 0.25), eps 2, gamma 0.05, noise 1e-2, alpha 0.95, projection every sample;
+              otherwise as atent_linf. (The notebook trains LeNet5 at batch 50; here SmallCNN
+              at the benchmark's batch, like every other row.)
 
-Optimiser for every method: SGD, lr 0.01, momentum 0.9, weight decay 1e-4. Data: fixed random
-MNIST-shaped tensors (values in [0, 1], random labels) - timing does not depend on the values.
-Assumptions where the brief leaves freedom (they do not change the cost): ATENT starts from
-x + 0.001 randn with mu = 0; its sampler loss is CE; noise_scale defaults to 1e-3.
+ATENT comes in two variants (`variant=`), so a claim can say which one it beats:
+  authors    the step as the authors' code literally runs it: the model in TRAIN mode all along
+             (dropout on while sampling), each sample's gradient by `loss.backward()` (which
+             also computes every weight gradient, then discarded by `optimiser.zero_grad()`),
+             a `.item()` of the sample's accuracy every sample, and for l_inf the extra clean
+             forward pass that its `train_adversarial` loop makes per batch; SGD lr 0.01
+             (l_2: 0.001), momentum 0.9, no weight decay (as the notebooks build the optimiser).
+  optimised  the same algorithm (train mode, every-sample projection, K retained graphs, one
+             backward) without the waste: `torch.autograd.grad` w.r.t. the input only, no
+             per-sample `.item()`, no extra forward pass.
+The baselines (sgd, pgd_at, trades) have one form (input gradients only in the attack, as their
+public code does); `variant` does not change them. Their optimiser: SGD lr 0.01, momentum 0.9,
+weight decay 1e-4. Data: fixed random MNIST-shaped tensors (values in [0, 1], random labels):
+the cost does not depend on the values.
 
-Torch is an optional benchmark dependency (`pip install torch`); 2 threads are used.
+Torch is an optional benchmark dependency (`pip install torch`); 2 threads by default (the
+authors' notebooks call torch.set_num_threads(2)).
 
 Usage:
   python experiments/torch_reference.py                      # all methods, K 10 and 40
-  python experiments/torch_reference.py --methods atent_linf --K 10 --repeats 5 --memory
+  python experiments/torch_reference.py --methods atent_linf --variants authors,optimised \
+      --K 10 --repeats 5 --memory
 Prints one JSON object per line:
-  {"impl": "torch_reference", "method": ..., "K": ..., "batch": 128, "ms_per_step": ...}
-plus "cpu_ms_per_step" (process CPU time, all threads), "threads", "loadavg_1m" (to spot a
-shared, busy machine), and with --memory "peak_rss_delta_mb" (see `peak_memory_mb`).
+  {"impl": "torch_reference", "variant": ..., "method": ..., "K": ..., "ms_per_step": ...}
+plus "ms_min"/"ms_max", "cpu_ms_per_step" (process CPU time, all threads), "threads",
+"loadavg_1m", and with --memory "peak_rss_delta_mb" (see `peak_memory_mb`). For JAX next to
+PyTorch, interleaved in one process, use `experiments/benchmark.py --reference`.
 """
 
 from __future__ import annotations
@@ -46,26 +62,39 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import memory_probe  # noqa: E402
-import torch  # noqa: E402
-import torch.nn as nn
+import memory_probe
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 METHODS = ("sgd", "pgd_at", "trades", "atent_linf", "atent_l2")
+VARIANTS = ("authors", "optimised")
 
-# Hyper-parameters (MNIST settings of the respective papers / the brief).
+# Baselines (PGD-AT, TRADES: their papers' MNIST settings).
 LINF_EPS = 0.3
 LINF_STEP = 0.01
 TRADES_BETA = 6.0
-ATENT_ALPHA = 0.9
-ATENT_NOISE_SCALE = 1e-3
-L2_EPS = 2.0
-L2_STEP = 0.25
-L2_GAMMA = 0.05
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 1e-4
+
+
+class AtentSettings(NamedTuple):
+  """One table's ATENT hyper-parameters as the authors' notebook sets them."""
+  step: float
+  eps: float
+  noise: float   # `ep` of adversarial/functional.py: noise = ep * sqrt(2 step) * randn
+  gamma: float   # l_2 pull towards x
+  alpha: float   # EMA weight of the newest sample's loss
+  lr: float
+
+
+ATENT = {
+    "linf": AtentSettings(step=0.01, eps=0.3, noise=1e-4, gamma=0.0, alpha=0.9, lr=0.01),
+    "l2": AtentSettings(step=0.75, eps=2.0, noise=1e-2, gamma=0.05, alpha=0.95, lr=0.001),
+}
 
 
 class SmallCNN(nn.Module):
@@ -150,48 +179,107 @@ def _trades(model, opt, x, y, K):
   _sgd_step(opt, loss)
 
 
-def _atent(model, opt, x, y, K, norm):
-  ce = lambda logits: F.cross_entropy(logits, y)
-  step = LINF_STEP if norm == "linf" else L2_STEP
-  x_adv = x.detach() + 0.001 * torch.randn_like(x)
-  mu = torch.zeros((), device=x.device)
+def _atent_start(x, norm, eps):
+  """functional.random_perturbation: l_inf x + eps * sign(randn); l_2 randn shrunk onto the
+  eps-ball when longer than eps (the notebooks do not clamp the start to [0, 1])."""
+  noise = torch.randn_like(x)
+  if norm == "linf":
+    return x + eps * torch.sign(noise)
+  return x + _project_l2(noise, torch.zeros_like(x), eps)
+
+
+def _atent_sample(x, x_adv, g, norm, cfg: AtentSettings):
+  """One Langevin update, projected onto the eps-ball and [0, 1] (every sample, as both tables'
+  notebooks run it)."""
+  if norm == "linf":
+    x_adv = x_adv + cfg.step * torch.sign(g)
+  else:  # the pull towards x uses the point before the gradient step
+    x_adv = (x_adv + cfg.step * g / g.flatten(1).norm(p=2, dim=1).view(-1, 1, 1, 1)
+             + cfg.gamma * (x - x_adv))
+  x_adv = x_adv + cfg.noise * math.sqrt(2.0 * cfg.step) * torch.randn_like(x)
+  proj = _project_linf(x_adv, x, cfg.eps) if norm == "linf" else _project_l2(x_adv, x, cfg.eps)
+  return proj.clamp(0.0, 1.0)
+
+
+def _atent_authors(model, opt, x, y, K, norm):
+  """The authors' step, call for call (see the module docstring)."""
+  cfg = ATENT[norm]
+  model.train()
+  if norm == "linf":
+    model(x)  # utils.train_adversarial's per-batch forward, result unused
+  loss = 0.0
+  x_adv = None
   for k in range(K):
-    model.eval()
+    start = _atent_start(x, norm, cfg.eps) if k == 0 else x_adv
+    leaf = start.clone().detach().requires_grad_(True)
+    F.cross_entropy(model(leaf), y).backward()  # input AND weight gradients
+    with torch.no_grad():
+      if norm == "l2":
+        _ = bool(torch.norm(leaf.grad) < 5e-4)  # the vanishing-gradient check (a sync)
+      x_adv = _atent_sample(x, leaf.detach(), leaf.grad, norm, cfg)
+    opt.zero_grad()
+    y_pred = model(x_adv)
+    _ = y_pred.max(1, keepdim=True)[1].eq(y.view(-1, 1)).sum().item()
+    loss = (1.0 - cfg.alpha) * loss + cfg.alpha * F.cross_entropy(y_pred, y)
+  loss.backward()
+  opt.step()
+
+
+def _atent_optimised(model, opt, x, y, K, norm):
+  """The same algorithm, input gradients only in the sampler and no per-sample syncs."""
+  cfg = ATENT[norm]
+  model.train()
+  ce = lambda logits: F.cross_entropy(logits, y)
+  x_adv = _atent_start(x, norm, cfg.eps)
+  loss = torch.zeros((), device=x.device)
+  for _ in range(K):
     g = _input_grad(model, ce, x_adv)
-    noise = ATENT_NOISE_SCALE * math.sqrt(2.0 * step) * torch.randn_like(x)
-    if norm == "linf":
-      x_adv = x_adv.detach() + step * torch.sign(g) + noise
-    else:
-      gn = g / g.flatten(1).norm(p=2, dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-      x_adv = x_adv.detach() + step * gn + L2_GAMMA * (x - x_adv.detach()) + noise
-    x_adv = x_adv.clamp(0.0, 1.0)
-    if k == K - 1:
-      x_adv = (_project_linf(x_adv, x, LINF_EPS) if norm == "linf"
-               else _project_l2(x_adv, x, L2_EPS)).clamp(0.0, 1.0)
-    model.train()
-    loss_k = ce(model(x_adv.detach()))  # kept in the graph: all K graphs are retained
-    mu = (1.0 - ATENT_ALPHA) * mu + ATENT_ALPHA * loss_k
-  _sgd_step(opt, mu)
+    x_adv = _atent_sample(x, x_adv.detach(), g, norm, cfg)
+    loss = (1.0 - cfg.alpha) * loss + cfg.alpha * ce(model(x_adv))  # graph kept until backward
+  _sgd_step(opt, loss)
 
 
-_STEPS = {
-    "sgd": _clean,
-    "pgd_at": _pgd_at,
-    "trades": _trades,
-    "atent_linf": lambda m, o, x, y, K: _atent(m, o, x, y, K, "linf"),
-    "atent_l2": lambda m, o, x, y, K: _atent(m, o, x, y, K, "l2"),
-}
+_BASELINES = {"sgd": _clean, "pgd_at": _pgd_at, "trades": _trades}
+_ATENT = {"authors": _atent_authors, "optimised": _atent_optimised}
+
+
+def atent_step(model, opt, x, y, K: int, norm: str, variant: str) -> None:
+  """One ATENT training step of `model` (NCHW x in [0, 1]) with optimiser `opt`, K samples,
+  norm 'linf' or 'l2' (that table's settings, `ATENT`), variant 'authors' or 'optimised'."""
+  _check(f"atent_{norm}", variant)
+  _ATENT[variant](model, opt, x, y, K, norm)
+
+
+def _step_fn(method: str, variant: str):
+  if method in _BASELINES:
+    return _BASELINES[method]
+  norm = method.split("_")[1]
+  return lambda m, o, x, y, K: _ATENT[variant](m, o, x, y, K, norm)
+
+
+def _optimizer(method: str, variant: str, params):
+  if method.startswith("atent") and variant == "authors":
+    return torch.optim.SGD(params, lr=ATENT[method.split("_")[1]].lr, momentum=MOMENTUM)
+  return torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def _check(method: str, variant: str) -> None:
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
 
 
 def make_step(method: str, K: int = 10, batch: int = 128, seed: int = 0,
-              threads: int = 2, device: str = "cpu") -> Callable[[], None]:
+              threads: int = 2, device: str = "cpu",
+              variant: str = "authors") -> Callable[[], None]:
   """Returns a callable that runs ONE full training step of `method` on fixed random data.
 
-  device "cuda": the same step on a GPU; the callable then waits for the GPU to finish (the
-  timers measure the step, not its queueing).
+  variant: 'authors' or 'optimised' (ATENT only; see the module docstring). device "cuda": the
+  same step on a GPU; the callable then waits for the GPU to finish (the timers measure the
+  step, not its queueing). `threads` sets torch's process-wide intra-op thread count.
   """
-  if method not in _STEPS:
-    raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+  _check(method, variant)
   if device not in ("cpu", "cuda"):
     raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
   if device == "cuda" and not torch.cuda.is_available():
@@ -199,11 +287,11 @@ def make_step(method: str, K: int = 10, batch: int = 128, seed: int = 0,
   torch.set_num_threads(threads)
   torch.manual_seed(seed)
   model = SmallCNN().to(device)
-  opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+  opt = _optimizer(method, variant, model.parameters())
   g = torch.Generator().manual_seed(seed + 1)
   x = torch.rand(batch, 1, 28, 28, generator=g).to(device)
   y = torch.randint(0, 10, (batch,), generator=g).to(device)
-  fn = _STEPS[method]
+  fn = _step_fn(method, variant)
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
   def step():
@@ -214,27 +302,29 @@ def make_step(method: str, K: int = 10, batch: int = 128, seed: int = 0,
 
 
 def time_step(method: str, K: int, batch: int = 128, repeats: int = 5, warmup: int = 2,
-              seed: int = 0, with_cpu: bool = False, threads: int = 2, device: str = "cpu"):
-  """Median wall time (ms) of one training step after `warmup` untimed steps.
+              seed: int = 0, threads: int = 2, device: str = "cpu",
+              variant: str = "authors") -> dict:
+  """Times `repeats` training steps after `warmup` untimed ones (this method alone; for JAX
+  next to PyTorch use benchmark.py --reference, which interleaves them).
 
-  With with_cpu=True returns (wall_ms, cpu_ms): cpu_ms is the median process CPU time (all
-  threads) per step, less sensitive than wall time to other processes sharing the cores.
+  Returns {"ms_per_step": median wall ms, "ms_min", "ms_max", "cpu_ms_per_step": median process
+  CPU ms (all threads)}.
   """
-  step = make_step(method, K, batch, seed, threads, device)
+  step = make_step(method, K, batch, seed, threads, device, variant)
   for _ in range(warmup):
     step()
   times, cpu = [], []
   for _ in range(repeats):
     t0, c0 = time.perf_counter(), time.process_time()
     step()
-    times.append(time.perf_counter() - t0)
-    cpu.append(time.process_time() - c0)
-  wall = 1e3 * statistics.median(times)
-  return (wall, 1e3 * statistics.median(cpu)) if with_cpu else wall
+    times.append(1e3 * (time.perf_counter() - t0))
+    cpu.append(1e3 * (time.process_time() - c0))
+  return {"ms_per_step": statistics.median(times), "ms_min": min(times), "ms_max": max(times),
+          "cpu_ms_per_step": statistics.median(cpu)}
 
 
-def _memory_child(method: str, K: int, batch: int) -> None:
-  step = make_step(method, K, batch)
+def _memory_child(method: str, K: int, batch: int, variant: str) -> None:
+  step = make_step(method, K, batch, variant=variant)
   # No warm-up step: memory freed by an earlier step may stay in the process (glibc heap) and
   # hide the next step's peak. The first step's extra lazy allocations (SGD momentum buffers,
   # 1.3 MB; thread pools) are small.
@@ -250,16 +340,17 @@ def _memory_child(method: str, K: int, batch: int) -> None:
                     "measured_with": how}))
 
 
-def peak_gpu_memory_mb(method: str, K: int, batch: int = 128) -> float:
+def peak_gpu_memory_mb(method: str, K: int, batch: int = 128,
+                       variant: str = "authors") -> float:
   """Peak GPU memory allocated by torch during one training step, above what was held before."""
-  step = make_step(method, K, batch, device="cuda")
+  step = make_step(method, K, batch, device="cuda", variant=variant)
   torch.cuda.reset_peak_memory_stats()
   base = torch.cuda.memory_allocated()
   step()
   return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def peak_memory_mb(method: str, K: int, batch: int = 128) -> dict:
+def peak_memory_mb(method: str, K: int, batch: int = 128, variant: str = "authors") -> dict:
   """Peak resident memory of one training step, measured in a fresh subprocess.
 
   What it measures (Linux): once torch is imported and model, optimiser and data exist, the
@@ -271,7 +362,8 @@ def peak_memory_mb(method: str, K: int, batch: int = 128) -> dict:
   Returns {"peak_rss_delta_mb", "peak_rss_mb", "measured_with"}.
   """
   out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), "--_memory-child", method, str(K), str(batch)],
+      [sys.executable, os.path.abspath(__file__), "--_memory-child", method, str(K), str(batch),
+       variant],
       check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -279,31 +371,47 @@ def peak_memory_mb(method: str, K: int, batch: int = 128) -> dict:
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--methods", default=",".join(METHODS))
+  p.add_argument("--variants", default=",".join(VARIANTS), help="ATENT variants to time")
   p.add_argument("--K", default="10,40", help="comma-separated inner-step counts")
   p.add_argument("--batch", type=int, default=128)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=2,
                  help="torch threads (2; on a machine shared with other jobs 2 threads can be "
-                      "4-5x slower than 1 because of OpenMP waits on descheduled threads)")
+                      "several times slower than 1 because of OpenMP waits on descheduled "
+                      "threads)")
   p.add_argument("--memory", action="store_true", help="also measure peak RSS (subprocess)")
-  p.add_argument("--_memory-child", nargs=3, help=argparse.SUPPRESS)
+  p.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
   a = p.parse_args(argv)
   if a._memory_child:
-    m, k, b = a._memory_child
-    _memory_child(m, int(k), int(b))
+    m, k, b, v = a._memory_child
+    _memory_child(m, int(k), int(b), v)
     return
-  for method in a.methods.split(","):
-    ks = [0] if method == "sgd" else [int(k) for k in a.K.split(",")]
-    for K in ks:
-      wall, cpu = time_step(method, K, a.batch, a.repeats, a.warmup, with_cpu=True,
-                            threads=a.threads)
-      rec = {"impl": "torch_reference", "method": method, "K": K, "batch": a.batch,
-             "ms_per_step": round(wall, 1), "cpu_ms_per_step": round(cpu, 1),
-             "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2)}
-      if a.memory:
-        rec["peak_rss_delta_mb"] = round(peak_memory_mb(method, K, a.batch)["peak_rss_delta_mb"], 1)
-      print(json.dumps(rec), flush=True)
+  methods, variants = a.methods.split(","), a.variants.split(",")
+  for m in methods:
+    if m not in METHODS:
+      p.error(f"--methods: unknown method {m!r}; use some of {', '.join(METHODS)}")
+  for v in variants:
+    if v not in VARIANTS:
+      p.error(f"--variants: unknown variant {v!r}; use some of {', '.join(VARIANTS)}")
+  try:
+    ks = [int(k) for k in a.K.split(",")]
+  except ValueError:
+    p.error(f"--K: {a.K!r} is not a comma-separated list of integers, e.g. 10,40")
+  if min(ks) < 1 or a.repeats < 1 or a.warmup < 0 or a.batch < 1:
+    p.error("--K, --repeats and --batch must be >= 1 and --warmup >= 0")
+  for method in methods:
+    for variant in (variants if method.startswith("atent") else ["-"]):
+      for K in ([0] if method == "sgd" else ks):
+        t = time_step(method, K, a.batch, a.repeats, a.warmup, threads=a.threads,
+                      variant=variant if variant != "-" else "authors")
+        rec = {"impl": "torch_reference", "variant": variant, "method": method, "K": K,
+               "batch": a.batch, **{k: round(v, 1) for k, v in t.items()},
+               "threads": torch.get_num_threads(), "loadavg_1m": round(os.getloadavg()[0], 2)}
+        if a.memory:
+          rec["peak_rss_delta_mb"] = round(peak_memory_mb(
+              method, K, a.batch, variant if variant != "-" else "authors")["peak_rss_delta_mb"], 1)
+        print(json.dumps(rec), flush=True)
 
 
 if __name__ == "__main__":

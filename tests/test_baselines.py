@@ -5,9 +5,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from atent_jax import baselines, configuration, methods
+from atent_jax import attacks, baselines, configuration, langevin, methods
 
 
 class _TinyNet(nn.Module):
@@ -52,6 +53,7 @@ def setup():
 METHOD_NAMES = ["trades", "mart", "mma", "entropy_sgd", "noise_aug"]
 
 
+@pytest.mark.core
 def test_registered_in_methods():
   for name in METHOD_NAMES:
     assert methods.METHODS[name] is baselines.METHODS[name]
@@ -79,6 +81,7 @@ def test_grad_fn_runs_and_one_step_lowers_its_loss(setup, name):
   assert float(loss2) < float(loss), (float(loss), float(loss2))
 
 
+@pytest.mark.core
 def test_trades_with_beta_zero_is_clean_cross_entropy(setup):
   model, params, bs, x, y = setup
   rng = jax.random.PRNGKey(3)
@@ -89,6 +92,7 @@ def test_trades_with_beta_zero_is_clean_cross_entropy(setup):
   chex.assert_trees_all_close(grads_t, grads_s, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.core
 def test_trades_loss_matches_its_formula(setup):
   model, params, bs, x, y = setup
   config = _config("trades", trades_beta=6.0)
@@ -105,6 +109,7 @@ def test_trades_loss_matches_its_formula(setup):
   assert float(kl) > 0
 
 
+@pytest.mark.core
 def test_mart_loss_by_hand():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
   adv = jnp.array([[0.0, 1.0, -1.0], [0.1, 0.3, 0.2]])
@@ -120,28 +125,111 @@ def test_mart_loss_by_hand():
   np.testing.assert_allclose(float(got), total / 2, rtol=1e-5)
 
 
-def test_mma_margin_points(setup):
-  model, params, bs, x, y = setup
+@pytest.mark.core
+def test_mma_margin_points_lie_on_the_boundary_along_the_pgd_direction(setup):
+  """The bisection's invariant, checked from outside: per found example the margin point is
+  x + t * delta (delta: the PGD point at max_eps minus x) with t a multiple of 2^-10, it is
+  misclassified, and the point 2^-10 closer to x is not (the boundary lies between them)."""
+  model, params, bs, x, _ = setup
   config = _config("mma", **{"mma.max_eps": 0.3})
-  points, dist, found = baselines.mma_margin_points(config, model, params, bs, x, y,
-                                                    jax.random.PRNGKey(5))
+  s = config.sampler
+  key = jax.random.PRNGKey(5)
   logits_fn = methods.eval_logits_fn(model, params, bs)
-  assert float(jnp.max(jnp.abs(points - x))) <= 0.3 + 1e-6
+  y = jnp.argmax(logits_fn(x), -1)  # every clean x correct: each found margin is searched
+  points, dist, found = baselines.mma_margin_points(config, model, params, bs, x, y, key)
+  chex.assert_shape([points], [x.shape])
+  # The documented search direction: one PGD run (shared optimiser, random start) at max_eps.
+  adv = langevin.optimize_input(
+      attacks.cross_entropy_loss(logits_fn), x, y, key, norm="linf", eps=0.3,
+      step_size=s.step_size, num_steps=s.num_steps, direction="sign", projection="every",
+      init="uniform")
+  x, points, adv, found = (np.asarray(a, np.float64) for a in (x, points, adv, found))
+  found = found.astype(bool)
+  delta = (adv - x).reshape(len(x), -1)
+  step = 2.0 ** -baselines.MMA_BISECTION_STEPS
+  t = np.abs((points - x).reshape(len(x), -1)).max(-1) / np.abs(delta).max(-1)
+  np.testing.assert_allclose((points - x).reshape(len(x), -1), t[:, None] * delta, atol=1e-6)
+  np.testing.assert_allclose(t[found], np.round(t[found] / step) * step, atol=1e-5)
+  np.testing.assert_allclose(t[~found], 1.0, atol=1e-6)        # PGD failed: the PGD point
+  np.testing.assert_allclose(np.asarray(dist), np.abs((points - x).reshape(len(x), -1)).max(-1),
+                             rtol=1e-5, atol=1e-7)
+  pred = lambda p: np.asarray(jnp.argmax(logits_fn(jnp.asarray(p, jnp.float32)), -1))
+  assert found.any() and np.all(pred(points)[found] != np.asarray(y)[found])
+  closer = x + ((t - step)[:, None] * delta).reshape(x.shape)
+  inner = found & (t > 1.5 * step)                             # lo > 0 was tested as correct
+  assert inner.any() and np.all(pred(closer)[inner] == np.asarray(y)[inner])
+  assert np.any(t[found] < 0.5)  # the margin is really searched, not left at max_eps
   assert float(points.min()) >= 0.0 and float(points.max()) <= 1.0
-  assert np.all(np.asarray(dist) <= 0.3 + 1e-6)
-  wrong = np.asarray(jnp.argmax(logits_fn(points), -1) != y)
-  found = np.asarray(found)
-  assert found.any()
-  assert np.all(wrong[found])  # margin points of successful examples are misclassified
-  # ... and lie on the boundary: halfway to x they would be less far than the found distance
-  assert np.all(np.asarray(dist)[found] <= 0.3 + 1e-6)
 
 
+def _kl_numpy(p_logits, q_logits):
+  p = np.asarray(jax.nn.log_softmax(p_logits, -1), np.float64)
+  q = np.asarray(jax.nn.log_softmax(q_logits, -1), np.float64)
+  return np.sum(np.exp(p) * (p - q), -1)
+
+
+@pytest.mark.core
+def test_trades_and_mart_inner_maximisations_raise_their_objectives(setup):
+  """TRADES' x' maximises KL(f(x) || f(x')), MART's the cross-entropy: both beat random points
+  of the same ball by far, per example, and stay in the ball and in [0, 1]."""
+  model, params, bs, x, y = setup
+  config = _config("trades")
+  eps = config.sampler.eps
+  logits_fn = methods.eval_logits_fn(model, params, bs)
+  rnd = jnp.clip(x + jax.random.uniform(jax.random.PRNGKey(8), x.shape, minval=-eps,
+                                        maxval=eps), 0, 1)
+  trades = baselines.trades_examples(config, model, params, bs, x, jax.random.PRNGKey(9))
+  mart = baselines.mart_examples(_config("mart"), model, params, bs, x, y,
+                                 jax.random.PRNGKey(9))
+  for adv in (trades, mart):
+    chex.assert_shape(adv, x.shape)
+    assert float(jnp.abs(adv - x).max()) <= eps + 1e-6
+    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
+  clean = logits_fn(x)
+  kl_adv, kl_rnd = _kl_numpy(clean, logits_fn(trades)), _kl_numpy(clean, logits_fn(rnd))
+  assert kl_adv.mean() > 3 * kl_rnd.mean() and np.mean(kl_adv > kl_rnd) >= 0.9, (kl_adv, kl_rnd)
+  ce = lambda p: np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits_fn(p), y))
+  assert ce(mart).mean() > ce(rnd).mean() + 0.5 and np.mean(ce(mart) > ce(rnd)) >= 0.9
+
+
+@pytest.mark.core
+def test_pgd_at_trains_on_pgd_points_of_the_eval_mode_model(setup):
+  """make_pgd_at against a reference written here: sign-gradient ascent of the eval-mode
+  cross-entropy from x (no random start), projected and clipped every step; then the train-mode
+  loss and its weight gradient at those points (held constant)."""
+  model, params, bs, x, y = setup
+  config = _config("pgd_at", **{"sampler.random_init": False})
+  s = config.sampler
+  loss, grads, new_bs, aux = jax.jit(methods.make_grad_fn(config, model))(
+      params, bs, x, y, jax.random.PRNGKey(10))
+  variables = {"params": params, "batch_stats": bs}
+  eval_ce = lambda v: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply(variables, v, train=False), y).sum()
+  xp = x
+  for _ in range(s.num_steps):
+    xp = jnp.clip(x + jnp.clip(xp + s.step_size * jnp.sign(jax.grad(eval_ce)(xp)) - x,
+                               -s.eps, s.eps), 0.0, 1.0)
+
+  def train_loss(p):
+    logits, updates = model.apply({"params": p, "batch_stats": bs}, xp, train=True,
+                                  mutable=["batch_stats"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates
+
+  (ref_loss, updates), ref_grads = jax.value_and_grad(train_loss, has_aux=True)(params)
+  np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+  chex.assert_trees_all_close(grads, ref_grads, rtol=1e-4, atol=1e-7)
+  chex.assert_trees_all_close(new_bs, updates["batch_stats"], rtol=1e-5, atol=1e-7)
+  assert float(loss) > float(methods.mean_ce(methods.train_forward(
+      model, params, bs, x, jax.random.PRNGKey(0))[0], y)) + 0.1   # the points are adversarial
+  assert "train_accuracy" in aux
+
+
+@pytest.mark.core
 def test_noise_aug_with_zero_sigma_is_clean_training(setup):
   model, params, bs, x, y = setup
   rng = jax.random.PRNGKey(6)
-  loss_n, grads_n, _, _ = methods.make_grad_fn(_config("noise_aug", noise_aug_sigma=0.0),
-                                                model)(params, bs, x, y, rng)
+  loss_n, _, _, _ = methods.make_grad_fn(_config("noise_aug", noise_aug_sigma=0.0),
+                                         model)(params, bs, x, y, rng)
   loss_c = methods.mean_ce(methods.train_forward(model, params, bs, x, rng)[0], y)
   np.testing.assert_allclose(float(loss_n), float(loss_c), rtol=1e-6)
 
@@ -162,3 +250,75 @@ def test_entropy_sgd_gradient_is_gamma_times_w_minus_mu(setup):
   e = config.entropy_sgd
   want = jax.tree_util.tree_map(lambda a: e.gamma * e.step_size * a, g)
   chex.assert_trees_all_close(grads, want, rtol=1e-4, atol=1e-8)
+
+
+class _MeanSquare(nn.Module):
+  """logits [0, scale * mean(x^2)]: the class-0 cross-entropy is softplus(mean(x^2)), so at
+  x = 0 the loss reveals the augmentation noise's variance."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    scale = self.param("scale", nn.initializers.ones, ())
+    t = jnp.mean(jnp.square(x).reshape(x.shape[0], -1), -1)
+    return jnp.stack([jnp.zeros_like(t), scale * t], -1)
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_noise_aug_trains_on_unclipped_gaussian_noise_of_scale_sigma(sigma):
+  """At x = 0 the noisy input is sigma * N(0, I), unclipped: mean(x^2) ~ sigma^2 (256 pixels), so
+  the loss is softplus(sigma^2) (clipped noise would give about softplus(sigma^2 / 2))."""
+  model = _MeanSquare()
+  x = jnp.zeros((16, 16, 16, 1))
+  y = jnp.zeros(16, jnp.int32)
+  params = model.init(jax.random.PRNGKey(0), x)["params"]
+  loss, grads, _, _ = methods.make_grad_fn(_config("noise_aug", noise_aug_sigma=sigma), model)(
+      params, {}, x, y, jax.random.PRNGKey(1))
+  want = np.log1p(np.exp(sigma ** 2))
+  assert abs(float(loss) - want) < 0.02 * sigma ** 2, (float(loss), want)
+  # d loss / d scale = mean(sigmoid(t) t) at t ~ sigma^2: the noise reaches the gradient too.
+  sig = 1 / (1 + np.exp(-sigma ** 2))
+  assert abs(float(grads["scale"]) - sig * sigma ** 2) < 0.03 * sigma ** 2
+
+
+def _ce_at(model, bs, x, y):
+  return lambda p: methods.mean_ce(model.apply({"params": p, "batch_stats": bs}, x, train=True,
+                                               mutable=["batch_stats"])[0], y)
+
+
+@pytest.mark.core
+def test_entropy_sgd_matches_its_recursion_over_several_steps(setup):
+  """K = 3, alpha 0.75, no noise: w'(k+1) = w'k - eta (grad L(w'k) + gamma (w'k - w)),
+  mu <- (1 - alpha) mu + alpha w'(k+1), gradient gamma (w - mu); written out here (the net has no
+  dropout and train-mode batch norm uses batch statistics, so the keys do not matter)."""
+  model, params, bs, x, y = setup
+  config = _config("entropy_sgd", **{"entropy_sgd.num_steps": 3, "entropy_sgd.alpha": 0.75,
+                                     "entropy_sgd.noise_scale": 0.0})
+  e = config.entropy_sgd
+  _, grads, _, _ = methods.make_grad_fn(config, model)(params, bs, x, y, jax.random.PRNGKey(7))
+  grad_ce = jax.grad(_ce_at(model, bs, x, y))
+  tm = jax.tree_util.tree_map
+  wp, mu = params, params
+  for _ in range(3):
+    g = grad_ce(wp)
+    wp = tm(lambda a, ga, w0: a - e.step_size * (ga + e.gamma * (a - w0)), wp, g, params)
+    mu = tm(lambda m, a: (1 - e.alpha) * m + e.alpha * a, mu, wp)
+  want = tm(lambda w0, m: e.gamma * (w0 - m), params, mu)
+  chex.assert_trees_all_close(grads, want, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.core
+def test_entropy_sgd_noise_has_scale_noise_scale_times_sqrt_2_eta(setup):
+  """K = 1, alpha 1: gradient = gamma (eta grad L(w) - std n), std = noise_scale sqrt(2 eta),
+  n ~ N(0, I): the residual over all parameters is N(0, (gamma std)^2)."""
+  model, params, bs, x, y = setup
+  config = _config("entropy_sgd", **{"entropy_sgd.num_steps": 1, "entropy_sgd.alpha": 1.0,
+                                     "entropy_sgd.noise_scale": 0.01})
+  e = config.entropy_sgd
+  _, grads, _, _ = methods.make_grad_fn(config, model)(params, bs, x, y, jax.random.PRNGKey(7))
+  g = jax.grad(_ce_at(model, bs, x, y))(params)
+  residual = np.concatenate([np.ravel(a - e.gamma * e.step_size * b) for a, b in zip(
+      jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(g))])
+  z = residual / (e.gamma * e.noise_scale * np.sqrt(2 * e.step_size))
+  assert z.size > 1000
+  assert abs(z.std() - 1) < 0.1 and abs(z.mean()) < 5 / np.sqrt(z.size), (z.std(), z.mean())

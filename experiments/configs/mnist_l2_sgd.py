@@ -1,8 +1,9 @@
 """Table 1, MNIST l_2 (LeNet5, eps 2), row SGD: clean training (no adversarial examples).
 
-Starts from the ATENT row's config (experiments/configs/mnist_l2.py: model, data, optimiser,
-sampler and evaluation settings of the table) and changes only the method. Run:
-  python experiments/main.py --config=experiments/configs/mnist_l2_sgd.py --workdir=runs/mnist_l2_sgd \
+Starts from the ATENT row's config (experiments/configs/mnist_l2.py, its `code` variant: model,
+data, optimiser, epochs and evaluation of the table) and changes only the method. Run:
+  python experiments/main.py --config=experiments/configs/mnist_l2_sgd.py \
+      --workdir=runs/mnist_l2_sgd \
       --config.data.dir=../shared/data/mnist
 """
 

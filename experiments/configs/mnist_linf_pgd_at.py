@@ -17,6 +17,7 @@ from config_base import load  # noqa: E402
 
 def get_config() -> ml_collections.ConfigDict:
   config = load("mnist_linf")
+  config.sampler.num_steps = 40  # TRADES' MNIST setting (the ATENT row samples 80)
   config.method = "pgd_at"
   config.sampler.random_init = True
   return config

@@ -89,7 +89,7 @@ def _expand(mask, x):
   return mask.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def _flat_norm(v, norm):
+def flat_norm(v, norm):
   """Per-example l_2 or l_inf norm of v (B, ...)."""
   flat = v.reshape(v.shape[0], -1)
   if norm == "linf":
@@ -345,7 +345,7 @@ def deepfool_minimal(logits_fn, x, y, key=None, *, norm="l2", num_steps=50, over
   _, r_tot, _ = jax.lax.while_loop(cond, body, (0, jnp.zeros_like(x), jnp.zeros(x.shape[0], bool)))
   adv = point(r_tot)
   success = jnp.argmax(logits_fn(adv), -1) != y
-  return adv, _flat_norm(adv - x, norm), success
+  return adv, flat_norm(adv - x, norm), success
 
 
 def deepfool(logits_fn, x, y, key=None, *, eps=None, norm="l2", num_steps=50, overshoot=0.02,
@@ -369,30 +369,3 @@ def atent_attack(logits_fn, x, y, key=None, *, eps, step_size, num_steps=20, nor
       cross_entropy_loss(logits_fn), x, y, _default_key(key), norm=norm, eps=eps,
       step_size=step_size, num_steps=num_steps, gamma=gamma, noise_scale=noise_scale,
       random_init=random_init, update=update, unroll=unroll)
-
-
-# --- registry ---------------------------------------------------------------------------------
-
-# name -> (function, default keyword arguments). The evaluator merges a spec's kwargs over these.
-ATTACKS: dict[str, tuple[Callable, dict]] = {
-    "fgsm": (fgsm, {"eps": 0.3, "norm": "linf"}),
-    "pgd_linf": (pgd_linf, {"eps": 0.3, "step_size": 0.01, "num_steps": 20, "restarts": 1,
-                            "random_init": True}),
-    "pgd_l2": (pgd_l2, {"eps": 2.0, "step_size": 0.25, "num_steps": 40, "restarts": 1,
-                        "random_init": True}),
-    "cw_l2": (cw_l2, {"eps": 2.0, "binary_search_steps": 9, "num_steps": 100,
-                      "learning_rate": 0.01, "kappa": 0.0}),
-    "cw_linf": (cw_linf, {"eps": 0.3, "step_size": 0.01, "num_steps": 20, "kappa": 50.0,
-                          "restarts": 1, "variant": "pgd"}),
-    "deepfool": (deepfool, {"eps": 0.3, "norm": "linf", "num_steps": 50, "overshoot": 0.02,
-                            "num_candidates": 10}),
-    "atent_attack": (atent_attack, {"eps": 0.3, "norm": "linf", "step_size": 0.01,
-                                    "num_steps": 20, "noise_scale": 1e-3}),
-}
-
-_FIXED_NORMS = {"pgd_linf": "linf", "pgd_l2": "l2", "cw_l2": "l2", "cw_linf": "linf"}
-
-
-def attack_norm(name: str, kwargs: dict) -> str:
-  """The norm an attack's eps is measured in."""
-  return _FIXED_NORMS.get(name) or kwargs.get("norm", "linf")

@@ -1,0 +1,259 @@
+"""Cross-checks our AutoAttack against torchattacks' independent PyTorch implementation.
+
+  python experiments/crosscheck_autoattack.py --workdir=RUN [--num_test=1000] [--eps=0.3] \
+      [--norm=linf] [--out=results/crosscheck_<run>]
+
+Loads the run's model (atent_jax.load_run, eval mode) and the first --num_test test images, then
+attacks the same model three ways:
+  ours                 atent_jax.attacks.autoattack, version standard (APGD-CE, APGD-T, FAB-T,
+                       Square with the reference's settings: 100 iterations, 9 targets, 5,000
+                       queries);
+  torchattacks (ref)   torchattacks' APGD, APGDT, FAB (multi-targeted) and Square, with the
+                       reference's settings (100 iterations, 9 targets, Square without the
+                       schedule rescaling), chained as AutoAttack does (each on the points still
+                       robust);
+  torchattacks (as shipped)  torchattacks.AutoAttack(version='standard'), which runs APGD, APGD-T
+                       and FAB with torchattacks' default of 10 iterations, not the reference's 100.
+--num_steps, --num_target_classes and --num_queries reduce the budget of both ours and
+torchattacks (ref) alike (recorded, and said in the README). The PyTorch attacks see the JAX
+model through atent_jax.interop.torch_module (forward in JAX, backward by jax.vjp). Every
+outcome is judged by the same forward pass: robust = correct on the clean image and on the
+attack's image.
+
+Writes OUT/crosscheck.json (robust accuracies, per-example outcomes as bitmaps, the example-by-
+example agreement, times, versions) and OUT/README.md (the table, the command, the machine).
+User errors print one `error:` line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import numpy as np
+import torch
+import torchattacks
+from absl import flags
+from tqdm.auto import tqdm
+
+import atent_jax
+from atent_jax import checkpoint, cli, evaluation, interop
+from atent_jax.attacks import autoattack
+from atent_jax.data import load_dataset
+from atent_jax.errors import ConfigError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "The training run whose model is attacked.")
+flags.DEFINE_integer("num_test", 1000, "Attack the first N test images.")
+flags.DEFINE_float("eps", None, "Radius (default: the run's config.eval.eps).")
+flags.DEFINE_enum("norm", None, ["linf", "l2"], "Norm (default: the run's config.eval.norm).")
+flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to attack.")
+flags.DEFINE_integer("batch_size", 250, "Images per attack call.")
+flags.DEFINE_integer("seed", 0, "Seed of both implementations.")
+flags.DEFINE_string("out", None, "Output folder (default: results/crosscheck_<run name>).")
+flags.DEFINE_string("data_dir", None, "Override config.data.dir.")
+flags.DEFINE_bool("shipped", True, "Also run torchattacks.AutoAttack as shipped (10 iterations).")
+flags.DEFINE_integer("num_steps", 100, "Iterations of APGD, APGD-T and FAB-T on both sides "
+                     "(the reference: 100; fewer is a reduced-budget check).")
+flags.DEFINE_integer("num_target_classes", 9, "Target classes of APGD-T and FAB-T, both sides.")
+flags.DEFINE_integer("num_queries", 5000, "Square's queries on both sides (the reference: 5000).")
+
+_TORCH_NORM = {"linf": "Linf", "l2": "L2"}
+
+
+def torchattacks_reference(module, norm: str, eps: float, num_classes: int, seed: int, *,
+                           steps: int = 100, targets: int = 9, queries: int = 5000):
+  """torchattacks' members with the reference AutoAttack's settings, chained like AutoAttack."""
+  n = _TORCH_NORM[norm]
+  members = [
+      torchattacks.APGD(module, norm=n, eps=eps, steps=steps, n_restarts=1, loss="ce",
+                        seed=seed),
+      torchattacks.APGDT(module, norm=n, eps=eps, steps=steps, n_restarts=1,
+                         n_classes=num_classes, seed=seed),
+      torchattacks.FAB(module, norm=n, eps=eps, steps=steps, n_restarts=1, multi_targeted=True,
+                       n_classes=num_classes, seed=seed),
+      torchattacks.Square(module, norm=n, eps=eps, n_queries=queries, n_restarts=1, p_init=0.8,
+                          resc_schedule=False, seed=seed),
+  ]
+  for targeted in members[1:3]:  # torchattacks uses n_classes - 1 targets
+    targeted.n_target_classes = min(targets, num_classes - 1)
+  return torchattacks.MultiAttack(members)
+
+
+def run_torch_attack(attack, predict, images, labels, batch_size, desc, norm):
+  """The attack over (NHWC) images in batches: (robust mask, max perturbation, seconds)."""
+  robust, worst, t0 = [], 0.0, time.time()
+  with tqdm(total=len(labels), desc=desc, unit="img", file=sys.stderr, leave=False) as bar:
+    for start in range(0, len(labels), batch_size):
+      x, y = images[start:start + batch_size], labels[start:start + batch_size]
+      adv = attack(torch.tensor(np.transpose(x, (0, 3, 1, 2))), torch.tensor(y, dtype=torch.long))
+      adv = np.transpose(adv.detach().numpy(), (0, 2, 3, 1))
+      worst = max(worst, max_perturbation(x, adv, norm))
+      robust.append((predict(x) == y) & (predict(adv) == y))
+      bar.update(len(y))
+      bar.set_postfix_str(f"still robust {int(np.concatenate(robust).sum())}")
+  return np.concatenate(robust), worst, time.time() - t0
+
+
+def max_perturbation(x: np.ndarray, adv: np.ndarray, norm: str) -> float:
+  d = (np.asarray(adv, np.float64) - x).reshape(len(x), -1)
+  return float((np.abs(d).max(-1) if norm == "linf" else np.linalg.norm(d, axis=-1)).max())
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> dict:
+  return {"both_robust": int((a & b).sum()), "only_first": int((a & ~b).sum()),
+          "only_second": int((~a & b).sum()), "neither": int((~a & ~b).sum()),
+          "agreement": float((a == b).mean())}
+
+
+def machine() -> dict:
+  return {"platform": platform.platform(), "processor": platform.processor(),
+          "cpu_count": os.cpu_count(), "jax": jax.__version__,
+          "jax_devices": [str(d) for d in jax.devices()], "torch": torch.__version__,
+          "torchattacks": torchattacks.__version__, "atent_jax": atent_jax.__version__}
+
+
+def main(argv):
+  del argv
+  if not FLAGS.workdir or not os.path.isdir(FLAGS.workdir):
+    raise ConfigError(f"--workdir={FLAGS.workdir} is not a training run directory")
+  for name in ("num_test", "batch_size", "num_steps", "num_target_classes", "num_queries"):
+    if getattr(FLAGS, name) < 1:
+      raise ConfigError(f"--{name}={getattr(FLAGS, name)} is not valid: use an integer >= 1")
+  if FLAGS.eps is not None and not FLAGS.eps > 0:
+    raise ConfigError(f"--eps={FLAGS.eps} is not valid: use a number > 0")
+  config, model, variables = checkpoint.load_run(FLAGS.workdir, FLAGS.which)
+  norm = FLAGS.norm or config.eval.norm
+  eps = float(FLAGS.eps if FLAGS.eps is not None else config.eval.eps)
+  data_config = config.data
+  if FLAGS.data_dir is not None:
+    data_config = config.data.copy_and_resolve_references()
+    data_config.dir = FLAGS.data_dir
+  dataset = load_dataset(data_config)
+  images, labels = dataset.split("test")
+  split_size = len(labels)
+  images = np.asarray(images[:FLAGS.num_test], np.float32)
+  labels = np.asarray(labels[:FLAGS.num_test], np.int32)
+  logits_fn = jax.jit(lambda x: model.apply(variables, x, train=False))
+  num_classes = int(logits_fn(images[:1]).shape[-1])
+  predict = lambda x: np.asarray(logits_fn(x)).argmax(-1)
+  name = os.path.basename(os.path.abspath(FLAGS.workdir))
+  out_dir = FLAGS.out or os.path.join("results", f"crosscheck_{name}")
+  command = shlex.join(["python", "experiments/crosscheck_autoattack.py", *sys.argv[1:]])
+  print(f"cross-check on {len(labels)} test images of {FLAGS.workdir} ({config.method}, "
+        f"{config.model.name}), {norm} eps {eps:g}", flush=True)
+
+  budget = {"apgd-ce": {"num_steps": FLAGS.num_steps},
+            "apgd-t": {"num_steps": FLAGS.num_steps,
+                       "num_target_classes": FLAGS.num_target_classes},
+            "fab-t": {"num_steps": FLAGS.num_steps,
+                      "num_target_classes": FLAGS.num_target_classes},
+            "square": {"num_queries": FLAGS.num_queries}}
+  reduced = (FLAGS.num_steps, FLAGS.num_target_classes, FLAGS.num_queries) != (100, 9, 5000)
+  t0 = time.time()
+  with tqdm(total=4, desc="ours", unit="attack", file=sys.stderr, leave=False) as bar:
+    def progress(member, still_robust):
+      if member != "clean":
+        bar.update(1)
+      bar.set_postfix_str(f"{member}: still robust {still_robust}")
+    ours = autoattack(logits_fn, images, labels, jax.random.PRNGKey(FLAGS.seed), norm=norm,
+                      eps=eps, batch_size=FLAGS.batch_size, progress=progress,
+                      attack_kwargs=budget)
+  ours_seconds = time.time() - t0
+  ours_robust = (predict(images) == labels) & np.concatenate(
+      [predict(ours.adv[i:i + FLAGS.batch_size]) == labels[i:i + FLAGS.batch_size]
+       for i in range(0, len(labels), FLAGS.batch_size)])
+  print(f"ours: robust accuracy {ours_robust.mean():.4f} ({ours_seconds:.0f} s)", flush=True)
+
+  module = interop.torch_module(logits_fn)
+  torch.manual_seed(FLAGS.seed)
+  ref_robust, ref_max, ref_seconds = run_torch_attack(
+      torchattacks_reference(module, norm, eps, num_classes, FLAGS.seed,
+                             steps=FLAGS.num_steps, targets=FLAGS.num_target_classes,
+                             queries=FLAGS.num_queries), predict, images,
+      labels, FLAGS.batch_size, "torchattacks (reference settings)", norm)
+  print(f"torchattacks, reference settings: robust accuracy {ref_robust.mean():.4f} "
+        f"({ref_seconds:.0f} s)", flush=True)
+  runs = {"torchattacks_reference": {
+      "robust_accuracy": float(ref_robust.mean()), "robust_examples":
+      evaluation.encode_mask(ref_robust), "max_perturbation": ref_max, "seconds": ref_seconds,
+      "agreement_with_ours": agreement(ours_robust, ref_robust)}}
+  if FLAGS.shipped:
+    shipped = torchattacks.AutoAttack(module, norm=_TORCH_NORM[norm], eps=eps,
+                                      version="standard", n_classes=num_classes, seed=FLAGS.seed)
+    sh_robust, sh_max, sh_seconds = run_torch_attack(shipped, predict, images, labels,
+                                                     FLAGS.batch_size, "torchattacks.AutoAttack",
+                                                     norm)
+    print(f"torchattacks.AutoAttack as shipped: robust accuracy {sh_robust.mean():.4f} "
+          f"({sh_seconds:.0f} s)", flush=True)
+    runs["torchattacks_shipped"] = {
+        "robust_accuracy": float(sh_robust.mean()),
+        "robust_examples": evaluation.encode_mask(sh_robust), "max_perturbation": sh_max,
+        "seconds": sh_seconds, "agreement_with_ours": agreement(ours_robust, sh_robust)}
+
+  result = {
+      "command": command, "workdir": os.path.abspath(FLAGS.workdir), "method": config.method,
+      "model": config.model.name, "checkpoint": FLAGS.which, "norm": norm, "eps": eps,
+      "seed": FLAGS.seed, "budget": budget, "reduced_budget": reduced,
+      "examples": {**evaluation.examples_record(labels), "split": "test",
+                   "split_size": split_size},
+      "clean_accuracy": float((predict(images) == labels).mean()),
+      "ours": {"robust_accuracy": float(ours_robust.mean()),
+               "robust_examples": evaluation.encode_mask(ours_robust),
+               "broken_by_member": {m: int(ours.per_attack[m].sum()) for m in ours.order},
+               "max_perturbation": max_perturbation(images, ours.adv, norm),
+               "seconds": ours_seconds},
+      **runs, "machine": machine()}
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "crosscheck.json"), "w") as f:
+    json.dump(result, f, indent=2)
+  with open(os.path.join(out_dir, "README.md"), "w") as f:
+    f.write(readme(result, dataset.source))
+  print(readme(result, dataset.source), flush=True)
+
+
+def readme(r: dict, source: str) -> str:
+  n = r["examples"]["count"]
+  rows = [("ours (atent_jax.attacks.autoattack)", r["ours"], None)]
+  labels = {"torchattacks_reference": "torchattacks, reference settings (100 iterations)",
+            "torchattacks_shipped": "torchattacks.AutoAttack as shipped (10 iterations)"}
+  rows += [(labels[k], r[k], r[k]["agreement_with_ours"]) for k in labels if k in r]
+  lines = [f"# AutoAttack cross-check: {os.path.basename(r['workdir'])}", "",
+           (f"Our JAX AutoAttack (standard) against torchattacks' PyTorch implementation on the "
+           f"same model ({r['method']}, {r['model']}, {r['checkpoint']} checkpoint), first {n} "
+           f"test images ({source}), {r['norm']} eps {r['eps']:g}, seed {r['seed']}. Clean "
+           f"accuracy {100 * r['clean_accuracy']:.2f}%."), "",
+           ("| Implementation | Robust accuracy (%) | Same outcome as ours | Robust only here "
+           "| Robust only in ours | Time (s) |"), "|---|---:|---:|---:|---:|---:|"]
+  for label, run, agree in rows:
+    same = "-" if agree is None else f"{100 * agree['agreement']:.1f}%"
+    only_here = "-" if agree is None else agree["only_second"]
+    only_ours = "-" if agree is None else agree["only_first"]
+    lines.append(f"| {label} | {100 * run['robust_accuracy']:.2f} | {same} | {only_here} | "
+                 f"{only_ours} | {run['seconds']:.0f} |")
+  members = ", ".join(f"{m} {c}" for m, c in r["ours"]["broken_by_member"].items())
+  m = r["machine"]
+  lines += ["", f"Ours, examples broken by each member (on the points still robust): {members}.",
+            "", ("Per-example outcomes are in crosscheck.json (bitmaps: "
+            "atent_jax.evaluation.decode_mask)."), "", "Reproduce:", "", "```bash",
+            r["command"], "```", "",
+            (f"Machine: {m['platform']}, {m['cpu_count']} CPUs, devices {m['jax_devices']}; "
+            f"jax {m['jax']}, torch {m['torch']}, torchattacks {m['torchattacks']}.")]
+  if n < r["examples"]["split_size"]:
+    lines.append(f"Reduced scale: {n} of the {r['examples']['split_size']:,} test images.")
+  if r["reduced_budget"]:
+    lines.append(f"Reduced budget on both sides (the reference: 100 iterations, 9 targets, 5,000 "
+                 f"Square queries): {json.dumps(r['budget'])}; torchattacks.AutoAttack as "
+                 "shipped keeps its own settings.")
+  return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+  cli.run(main, sys.argv)

