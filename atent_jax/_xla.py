@@ -1,14 +1,16 @@
 """XLA flags that the library sets for speed on CPU, before JAX creates its backends.
 
 On jaxlib 0.10.x, XLA:CPU hands convolutions, dots and element-wise fusions to the YNNPACK
-library only when asked; measured on a 2-core AVX2 machine this halves the time of an input
-gradient of SmallCNN (142-224 ms -> 66 ms, equal to 3e-7 relative). An unknown flag aborts
-XLA at start-up, so the flag is only added on the jaxlib versions where it was checked.
+library only when asked. An unknown flag aborts XLA at start-up, so the flag is only added on the
+jaxlib versions where it was checked.
 
-The "eltwise" fusion type is left out on purpose: on jaxlib 0.10.2 it returns NaN or 1e35 for
-`jax.jit(lambda h: relu(h) @ W)` when W is a uniform (splat) constant baked into the program,
-e.g. a freshly initialised SmallCNN (zero last layer) closed over by an attack
-(tests/test_xla_flags.py keeps this checked).
+The "eltwise" fusion type, which gave most of the speed (SmallCNN input gradient, batch 128,
+2-core AMD EPYC: 112-124 ms with it, 196-236 ms without any flag), is left out: on jaxlib 0.10.2
+it returns NaN or 1e35 for `jax.jit(lambda h: relu(h) @ W)` when W is a uniform (splat) constant
+baked into the program, e.g. a freshly initialised SmallCNN (zero last layer) closed over by an
+attack (tests/test_xla_flags.py). Without it the remaining types measured 203-242 ms, within
+the noise of no flag at all; they are kept because they were checked correct. A user who
+accepts the risk can set the full flag in XLA_FLAGS themselves (we never override it).
 
 Rules: we append to the user's XLA_FLAGS, never override a flag they set, do nothing once a
 backend is already initialised, and do nothing when ATENT_JAX_NO_XLA_FLAGS=1.
@@ -19,7 +21,7 @@ import os
 
 _YNN_FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 _YNN_VALUE = "individual_convolution,individual_dot,dot,reduce"
-# jaxlib versions on which the flag above exists and was measured to help.
+# jaxlib versions on which the flag above exists and was checked.
 _CHECKED_JAXLIB_PREFIXES = ("0.10.",)
 
 applied_flags: list[str] = []

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import difflib
-import importlib.util
-import os
 
 import ml_collections
 
+from atent_jax import defaults
 from atent_jax.errors import ConfigError
-
-_DEFAULT_CONFIG_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                    "experiments", "configs", "default.py")
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """The full default config (experiments/configs/default.py): every key that exists."""
-  spec = importlib.util.spec_from_file_location("atent_default_config", _DEFAULT_CONFIG_PATH)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  """The full default config (atent_jax/defaults.py): every key that exists."""
+  return defaults.get_config()
 
 
 def _flatten(cfg, prefix=""):
@@ -66,7 +59,7 @@ def check_keys(config, reference=None) -> None:
   for key in known:
     if key not in flat and not any(key.startswith(k + ".") for k in flat):
       raise ConfigError(f"config.{key} is missing: start configs from "
-                        "experiments/configs/default.py (atent_jax.configuration.default_config)")
+                        "atent_jax.configuration.default_config() (atent_jax/defaults.py)")
 
 
 def _has(config, path) -> bool:

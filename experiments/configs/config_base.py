@@ -1,16 +1,10 @@
-"""Loads default.py's get_config() for the experiment configs (configs are files, not a package)."""
+"""What the experiment configs share: the library's default config (every key that exists),
+loading a sibling config file, and the clean-baseline rule (configs are files, not a package)."""
 
 import importlib.util
 import os
 
-
-def default_config():
-  spec = importlib.util.spec_from_file_location(
-      "atent_default_config", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           "default.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from atent_jax.configuration import default_config  # noqa: F401  (the configs import it here)
 
 
 def load(name: str):
