@@ -36,25 +36,14 @@ UPDATES = ("code", "paper")
 _TINY = 1e-12
 
 
-# Longest loop that the CPU default unrolls completely (training's K 40 included); longer ones
-# (PGD-100, APGD) are unrolled by FULL_UNROLL_STEPS // 4 steps per iteration.
-FULL_UNROLL_STEPS = 40
-
-
-def default_unroll(num_steps: int | None = None) -> bool | int:
+def default_unroll() -> bool:
   """fori_loop unrolling per backend.
 
   On CPU a rolled `lax.fori_loop` whose body holds conv gradients ran 4-12x slower than the same
   steps unrolled (jax issue 12868; measured here: PGD K 10, 4859 ms rolled vs 1287 ms with
-  `unroll=True`), so CPU unrolls; but compiling PGD-100 fully unrolled took over 4 minutes, so a
-  loop longer than FULL_UNROLL_STEPS is unrolled by blocks of 10 steps (10 while-iterations for
-  PGD-100). On GPU/TPU a rolled loop compiles much faster and costs little.
+  `unroll=True`). On GPU/TPU a rolled loop compiles much faster and costs little.
   """
-  if jax.default_backend() != "cpu":
-    return False
-  if num_steps is not None and num_steps > FULL_UNROLL_STEPS:
-    return FULL_UNROLL_STEPS // 4
-  return True
+  return jax.default_backend() == "cpu"
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -203,7 +192,7 @@ class InputOptimizer:
           unroll: bool | int | None = None):
     """The whole loop, vmapped over the batch; see `optimize_input`."""
     if unroll is None:
-      unroll = default_unroll(self.num_steps)
+      unroll = default_unroll()
     x = jnp.asarray(x)
     keys = per_example_keys(key, x.shape[0])
     grad_fn = jax.grad(loss_fn)

@@ -173,7 +173,7 @@ def make_atent_fused(config, model) -> GradFn:
   # Steps i < i_both compute the input gradient only (the sample x'i has weight 0 or < tol).
   i_both = min(first_weighted_sample(num_steps, s.alpha, s.ema_tolerance), num_steps)
   unroll = _unroll(config)
-  unroll = langevin.default_unroll(num_steps) if unroll is None else unroll
+  unroll = langevin.default_unroll() if unroll is None else unroll
 
   def grad_fn(params, batch_stats, x, y, rng):
     k_sample, k_drop = jax.random.split(rng)
