@@ -52,8 +52,8 @@ def _type_name(value) -> str:
 
 def override_error(argv, config_flag: str = "config", error: BaseException | None = None) -> str:
   """One line naming the bad `--config.<key>=value` override in `argv`, with the nearest key."""
-  from atent_jax.configuration import _flatten, default_config, nearest_key
-  known = _flatten(default_config())
+  from atent_jax.configuration import flatten_config, default_config, nearest_key
+  known = flatten_config(default_config())
   for arg in argv[1:]:
     m = _OVERRIDE.match(arg)
     if not m or m.group(1) != config_flag:

@@ -15,12 +15,13 @@ def default_config() -> ml_collections.ConfigDict:
   return defaults.get_config()
 
 
-def _flatten(cfg, prefix=""):
+def flatten_config(cfg, prefix=""):
+  """{"train.learning_rate": 0.05, ...}: every leaf of a (nested) config under its dotted key."""
   out = {}
   for k, v in cfg.items():
     name = f"{prefix}{k}"
     if isinstance(v, (ml_collections.ConfigDict, dict)):
-      out.update(_flatten(v, name + "."))
+      out.update(flatten_config(v, name + "."))
     else:
       out[name] = v
   return out
@@ -30,7 +31,7 @@ def nearest_key(key: str, reference=None) -> str | None:
   """The known config key (or group) closest to `key`, e.g. 'train.learning_rate' for
   'train.lerning_rate'; None when nothing is close."""
   reference = reference if reference is not None else default_config()
-  known = _flatten(reference)
+  known = flatten_config(reference)
   groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
   close = difflib.get_close_matches(key, list(known) + sorted(groups), n=1, cutoff=0.6)
   return close[0] if close else None
@@ -39,9 +40,9 @@ def nearest_key(key: str, reference=None) -> str | None:
 def check_keys(config, reference=None) -> None:
   """Unknown keys (e.g. misspelt) raise ConfigError with the nearest known key."""
   reference = reference if reference is not None else default_config()
-  known = _flatten(reference)
+  known = flatten_config(reference)
   known_groups = {k.rsplit(".", 1)[0] for k in known if "." in k}
-  flat = _flatten(config)
+  flat = flatten_config(config)
   for key in flat:
     if key in known:
       continue

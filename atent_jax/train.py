@@ -255,18 +255,18 @@ _RESUMABLE_CHANGES = ("train.num_epochs", "train.progress_bar", "train.log_every
 
 def _check_resume_config(config, workdir: str) -> None:
   """A workdir's checkpoints are resumed only with the config they were trained with."""
-  from atent_jax.configuration import _flatten
+  from atent_jax.configuration import flatten_config
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
   try:
     with open(path) as f:
-      saved = _flatten(json.load(f))
+      saved = flatten_config(json.load(f))
   except (OSError, ValueError):
     return  # an unreadable config.json is rewritten below
-  current = _flatten(json.loads(config.to_json_best_effort()))
+  current = flatten_config(json.loads(config.to_json_best_effort()))
   from atent_jax.configuration import default_config
-  defaults = _flatten(json.loads(default_config().to_json_best_effort()))
+  defaults = flatten_config(json.loads(default_config().to_json_best_effort()))
   for key in sorted(set(saved) | set(current)):
     if key.startswith(_RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
       continue

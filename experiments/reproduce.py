@@ -215,8 +215,8 @@ def parse_overrides(items) -> list[tuple[str, str]]:
 
 def apply_overrides(config, overrides):
   """config with the overrides applied (typed); unknown keys raise ConfigError."""
-  from atent_jax.configuration import _flatten, nearest_key  # pylint: disable=import-outside-toplevel
-  flat = _flatten(config)
+  from atent_jax.configuration import flatten_config, nearest_key  # pylint: disable=import-outside-toplevel
+  flat = flatten_config(config)
   for key, text in overrides:
     if key not in flat:
       close = nearest_key(key)
