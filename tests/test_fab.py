@@ -204,6 +204,66 @@ def test_restarts_are_deterministic_for_a_key_and_jit_gives_the_same():
   assert np.all(np.asarray(dist) >= _distances(x, y, w, b, "l2").min(1) * (1 - 1e-4))
 
 
+def _small_cnn(seed=0, batch=8):
+  """A random two-layer CNN on 8x8 images (weights passed as arrays, not baked constants)."""
+  rng = np.random.default_rng(seed)
+  k1 = jnp.asarray(rng.normal(0, 0.5, (3, 3, 1, 4)), jnp.float32)
+  w2 = jnp.asarray(rng.normal(0, 0.3, (6 * 6 * 4, K)), jnp.float32)
+
+  def logits_fn(v):
+    h = jax.lax.conv_general_dilated(v, k1, (1, 1), "VALID",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jax.nn.relu(h).reshape(v.shape[0], -1) @ w2
+
+  x = rng.uniform(0, 1, (batch, 8, 8, 1)).astype(np.float32)
+  y = np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1)).astype(np.int32)
+  y[0] = (y[0] + 1) % K     # one point the model already gets wrong
+  return logits_fn, x, y
+
+
+@pytest.mark.parametrize("targeted,radius", [(True, None), (False, None), (True, 0.05),
+                                            (True, 0.5)])
+def test_host_loop_computes_the_device_loops_iterates(targeted, radius):
+  """The host loop (one jitted step driven from Python, the default on CPU) and the traced loop
+  find the same points, including when the runs stop early (fab at a radius)."""
+  logits_fn, x, y = _small_cnn()
+  key = jax.random.PRNGKey(2)
+  kw = dict(norm="linf", num_steps=15, num_restarts=2, targeted=targeted, num_target_classes=3)
+  if radius is None:
+    outs = [fab_minimal(logits_fn, x, y, key, eps=0.2, loop=loop, **kw)
+            for loop in ("host", "device")]
+    (adv_h, dist_h, ok_h), (adv_d, dist_d, ok_d) = outs
+    np.testing.assert_array_equal(np.asarray(ok_h), np.asarray(ok_d))
+    np.testing.assert_allclose(np.asarray(dist_h), np.asarray(dist_d), rtol=1e-5, atol=1e-6)
+    assert np.asarray(ok_h)[1:].any()   # the comparison covers points that FAB moved
+  else:
+    calls = {"host": [], "device": []}   # model evaluations, counted as they run
+
+    def counted(loop):
+      def fn(v):
+        jax.debug.callback(lambda: calls[loop].append(1))
+        return logits_fn(v)
+      return fn
+
+    adv_h, adv_d = (fab(counted(loop), x, y, key, eps=radius, loop=loop, **kw)
+                    for loop in ("host", "device"))
+    jax.effects_barrier()
+    # Both stop after the same run; at radius 0.5 every point is found in the first one.
+    assert len(calls["host"]) == len(calls["device"])
+    if radius == 0.5:
+      assert len(calls["host"]) < 2 * kw["num_steps"] + 3
+  np.testing.assert_allclose(np.asarray(adv_h), np.asarray(adv_d), atol=1e-5)
+
+
+def test_host_loop_needs_concrete_inputs():
+  logits_fn, x, y = _small_cnn()
+  with pytest.raises(ValueError, match="loop='host'"):
+    jax.jit(lambda v: fab(logits_fn, v, y, jax.random.PRNGKey(0), norm="linf", eps=0.1,
+                          num_steps=2, loop="host"))(x)
+  with pytest.raises(ValueError, match="loop"):
+    fab(logits_fn, x, y, jax.random.PRNGKey(0), norm="linf", eps=0.1, loop="gpu")
+
+
 def test_misclassified_points_are_returned_at_distance_zero():
   logits_fn, x, y, _, _ = _affine(seed=6, batch=4)
   y_wrong = (y + 1) % K

@@ -148,13 +148,14 @@ def _member_fn(logits_fn, *, fn, norm, eps, options, stochastic):
   """One member on one padded batch: (its points, projected onto the ball and the box; the
   mask of the examples the model misclassifies there).
 
-  APGD on the CPU backend runs its host loop (see apgd._host_loop: several times faster there),
-  so it is called outside jit; everything else is one jitted function.
+  APGD and FAB on the CPU backend run their host loops (see apgd._host_loop: several times
+  faster there), so they are called outside jit; everything else is one jitted function.
   """
   model = _model(logits_fn, stochastic)
   options = dict(options)
   loop = options.pop("loop", "auto")
-  host = fn in (apgd, apgd_targeted) and (
+  looped = fn in (apgd, apgd_targeted, fab)
+  host = looped and (
       loop == "host" or (loop == "auto" and jax.default_backend() == "cpu"))
 
   def finish(xb, xa, yb, kb):
@@ -165,7 +166,7 @@ def _member_fn(logits_fn, *, fn, norm, eps, options, stochastic):
     finish = jax.jit(finish)
     return lambda xb, yb, kb: finish(
         xb, fn(logits_fn, xb, yb, kb, norm=norm, eps=eps, loop="host", **options), yb, kb)
-  if fn in (apgd, apgd_targeted):
+  if looped:
     options["loop"] = "device"
   return jax.jit(lambda xb, yb, kb: finish(
       xb, fn(logits_fn, xb, yb, kb, norm=norm, eps=eps, **options), yb, kb))

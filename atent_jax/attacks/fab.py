@@ -17,6 +17,7 @@ half the restart radius.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -125,77 +126,159 @@ def _random_start(key, x0, radius, norm):
   return jnp.clip(x0 + 0.5 * radius * t, 0.0, 1.0)
 
 
-def _fab_search(logits_fn, x, y, key, *, norm, restart_eps, num_steps, num_restarts, targeted,
-                num_target_classes, alpha_max, eta, beta, stop_radius):
-  """(adversarial images, their distance, success). Runs (target, restart) pairs in order while
-  some attackable example has no adversarial point within stop_radius."""
-  batch = x.shape[0]
-  x0 = x.reshape(batch, -1)
-  to_image = lambda v: v.reshape(x.shape)
-  logits_flat = lambda v: logits_fn(to_image(v))
-  logits0 = logits_fn(x)
-  num_classes = logits0.shape[-1]
-  # Only correctly classified points are attacked; the others are their own adversarial point.
-  attackable = jnp.argmax(logits0, -1) == y
-  best_dist = jnp.where(attackable, jnp.inf, 0.0).astype(x.dtype)
-  num_targets = min(num_target_classes, num_classes - 1) if targeted else 1
-  targets = common.top_other_classes(logits0, y, num_targets)   # by clean logit, largest first
-  keys = langevin.per_example_keys(key, batch)
-  onehot_y = jax.nn.one_hot(y, num_classes, dtype=x.dtype)
+class _Consts(NamedTuple):
+  """What every step of one FAB call reads: the flat clean images and the per-example plan."""
+  x0: jax.Array           # (B, D) clean images, flattened
+  y: jax.Array            # (B,)
+  targets: jax.Array      # (B, num_targets) target classes, by clean logit (targeted)
+  keys: jax.Array         # (B,) per-example keys of the restarts
+  best_dist0: jax.Array   # (B,) 0 where the model is already wrong (nothing to attack), else inf
 
-  def linearise(x1, target):
+
+class _State(NamedTuple):
+  x1: jax.Array           # (B, D) the current iterate
+  target: jax.Array       # (B,) this run's target class
+  best_adv: jax.Array     # (B, D) the closest adversarial point so far
+  best_dist: jax.Array    # (B,) its distance to x0 (inf: none yet)
+
+
+def _program(logits_fn, *, norm, restart_eps, num_restarts, targeted, num_target_classes,
+             alpha_max, eta, beta):
+  """FAB's stages as pure functions; `_device_loop` and `_host_loop` drive them."""
+
+  def prepare(x, y, key):
+    batch = x.shape[0]
+    logits0 = logits_fn(x)
+    num_targets = min(num_target_classes, logits0.shape[-1] - 1) if targeted else 1
+    # Only correctly classified points are attacked; the others are their own adversarial point.
+    attackable = jnp.argmax(logits0, -1) == y
+    return _Consts(x0=x.reshape(batch, -1), y=y,
+                   targets=common.top_other_classes(logits0, y, num_targets),  # largest first
+                   keys=langevin.per_example_keys(key, batch),
+                   best_dist0=jnp.where(attackable, jnp.inf, 0.0).astype(x.dtype))
+
+  def linearise(c, x1, target, image_shape):
     """(f, g): the value and input gradient of the logit difference whose boundary is next."""
-    logits, vjp = jax.vjp(logits_flat, x1)
+    logits, vjp = jax.vjp(lambda v: logits_fn(v.reshape(image_shape)), x1)
+    num_classes = logits.shape[-1]
+    onehot_y = jax.nn.one_hot(c.y, num_classes, dtype=x1.dtype)
     if targeted:
-      direction = jax.nn.one_hot(target, num_classes, dtype=x.dtype) - onehot_y
+      direction = jax.nn.one_hot(target, num_classes, dtype=x1.dtype) - onehot_y
       (g,) = vjp(direction)
       return jnp.sum(logits * direction, -1), g
-    basis = jnp.eye(num_classes, dtype=x.dtype)[:, None, :] - onehot_y[None]   # (K, B, K)
-    (jac,) = jax.vmap(vjp)(basis)                                             # (K, B, D)
-    jac = jnp.swapaxes(jac, 0, 1)                                             # (B, K, D)
-    f = logits - jnp.sum(logits * onehot_y, -1, keepdims=True)                # z_k - z_y
+    basis = jnp.eye(num_classes, dtype=x1.dtype)[:, None, :] - onehot_y[None]   # (K, B, K)
+    (jac,) = jax.vmap(vjp)(basis)                                              # (K, B, D)
+    jac = jnp.swapaxes(jac, 0, 1)                                              # (B, K, D)
+    f = logits - jnp.sum(logits * onehot_y, -1, keepdims=True)                 # z_k - z_y
     dist = jnp.abs(f) / (_dual_norm(jac, norm) + _TINY)
     dist = jnp.where(onehot_y > 0, jnp.inf, dist)
     j = jnp.argmin(dist, -1)
     return _take(f, j[:, None])[:, 0], jnp.take_along_axis(jac, j[:, None, None], 1)[:, 0]
 
-  def step(_, state):
-    x1, target, best_adv, best_dist = state
-    f, g = linearise(x1, target)
+  def step_with_shape(c, state, image_shape):
+    x0, x1 = c.x0, state.x1
+    f, g = linearise(c, x1, state.target, image_shape)
     d1 = project_to_hyperplane_in_box(x1, g, f, norm)
     d0 = project_to_hyperplane_in_box(x0, g, f + jnp.sum(g * (x0 - x1), -1), norm)
     a1 = jnp.maximum(_norm(d1, norm), 1e-8)[:, None]
     a0 = jnp.maximum(_norm(d0, norm), 1e-8)[:, None]
     alpha = jnp.clip(a1 / (a1 + a0), 0.0, alpha_max)
     x_new = jnp.clip((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d0) * alpha, 0.0, 1.0)
-    fooled = jnp.argmax(logits_flat(x_new), -1) != y
+    fooled = jnp.argmax(logits_fn(x_new.reshape(image_shape)), -1) != c.y
     dist = _norm(x_new - x0, norm)
-    better = fooled & (dist < best_dist)
-    best_adv = jnp.where(better[:, None], x_new, best_adv)
-    best_dist = jnp.where(better, dist, best_dist)
+    better = fooled & (dist < state.best_dist)
+    best_adv = jnp.where(better[:, None], x_new, state.best_adv)
+    best_dist = jnp.where(better, dist, state.best_dist)
     # Back towards the clean image after a success, to look for a closer boundary point.
     x1 = jnp.where(fooled[:, None], x0 + beta * (x_new - x0), x_new)
-    return x1, target, best_adv, best_dist
+    return _State(x1, state.target, best_adv, best_dist)
 
-  def one_run(state):
-    run, best_adv, best_dist = state
-    target = targets[:, run // num_restarts]
+  def start_run(c, run, best_adv, best_dist):
+    target = c.targets[:, run // num_restarts]
     restart = run % num_restarts
     radius = jnp.minimum(best_dist, restart_eps)
-    run_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, run)
-    start = jax.vmap(_random_start, (0, 0, 0, None))(run_keys, x0, radius, norm)
-    x1 = jnp.where(restart > 0, start, x0)
-    _, _, best_adv, best_dist = jax.lax.fori_loop(0, num_steps, step,
-                                                  (x1, target, best_adv, best_dist))
-    return run + 1, best_adv, best_dist
+    run_keys = jax.vmap(jax.random.fold_in, (0, None))(c.keys, run)
+    start = jax.vmap(_random_start, (0, 0, 0, None))(run_keys, c.x0, radius, norm)
+    return _State(jnp.where(restart > 0, start, c.x0), target, best_adv, best_dist)
 
-  def unfinished(state):
-    run, _, best_dist = state
-    return (run < num_targets * num_restarts) & jnp.any(best_dist > stop_radius)
+  return prepare, start_run, step_with_shape
 
-  _, best_adv, best_dist = jax.lax.while_loop(unfinished, one_run, (0, x0, best_dist))
-  success = jnp.isfinite(best_dist)
-  return to_image(best_adv), best_dist, success
+
+def _num_runs(c: _Consts, num_restarts: int) -> int:
+  return c.targets.shape[1] * num_restarts
+
+
+def _device_loop(stages, x, y, key, *, num_steps, num_restarts, stop_radius):
+  """The whole attack as one traced program (lax loops): jit-able; the choice on accelerators."""
+  prepare, start_run, step = stages
+  c = prepare(x, y, key)
+
+  def one_run(carry):
+    run, best_adv, best_dist = carry
+    state = start_run(c, run, best_adv, best_dist)
+    state = jax.lax.fori_loop(0, num_steps, lambda _, s: step(c, s, x.shape), state)
+    return run + 1, state.best_adv, state.best_dist
+
+  def unfinished(carry):
+    run, _, best_dist = carry
+    return (run < _num_runs(c, num_restarts)) & jnp.any(best_dist > stop_radius)
+
+  _, best_adv, best_dist = jax.lax.while_loop(unfinished, one_run, (0, c.x0, c.best_dist0))
+  return best_adv, best_dist
+
+
+# Jitted stages of the host loop for the most recent logits_fn (see common.PerModelCache).
+_HOST_STAGES = common.PerModelCache()
+
+
+def _host_loop(logits_fn, settings, x, y, key, *, num_steps, num_restarts, stop_radius):
+  """The same stages, each jitted once, driven by Python loops over runs and steps: several
+  times faster on XLA:CPU, where a loop body holding a convolution's input gradient runs slowly
+  (see apgd._host_loop). Runs stop, as in the device loop, once every example has an
+  adversarial point within stop_radius."""
+  def build(fn):
+    prepare, start_run, step = _program(fn, **dict(settings))
+    return jax.jit(prepare), jax.jit(start_run), jax.jit(step, static_argnums=2)
+
+  prepare, start_run, step = _HOST_STAGES.get(logits_fn, settings, build)
+  c = prepare(x, y, key)
+  best_adv, best_dist = c.x0, c.best_dist0
+  for run in range(_num_runs(c, num_restarts)):
+    if not bool(jnp.any(best_dist > stop_radius)):
+      break
+    state = start_run(c, jnp.asarray(run, jnp.int32), best_adv, best_dist)
+    for _ in range(num_steps):
+      state = step(c, state, x.shape)
+    best_adv, best_dist = state.best_adv, state.best_dist
+  return best_adv, best_dist
+
+
+LOOPS = ("auto", "device", "host")
+
+
+def _fab_search(logits_fn, x, y, key, *, norm, restart_eps, num_steps, num_restarts, targeted,
+                num_target_classes, alpha_max, eta, beta, stop_radius, loop):
+  """(adversarial images, their distance, success). Runs (target, restart) pairs in order while
+  some attackable example has no adversarial point within stop_radius."""
+  langevin.check_choice("loop", loop, LOOPS)
+  traced = any(isinstance(v, jax.core.Tracer) for v in (x, y, key, restart_eps))
+  if loop == "host" and traced:
+    raise ValueError("loop='host' needs concrete inputs: use loop='device' (or 'auto') under "
+                     "jax.jit")
+  if loop == "auto":
+    loop = "host" if jax.default_backend() == "cpu" and not traced else "device"
+  if loop == "host":
+    restart_eps = float(restart_eps)  # part of the key of the host loop's compiled stages
+  settings = (("norm", norm), ("restart_eps", restart_eps), ("num_restarts", num_restarts),
+              ("targeted", targeted), ("num_target_classes", num_target_classes),
+              ("alpha_max", float(alpha_max)), ("eta", float(eta)), ("beta", float(beta)))
+  loops = {"num_steps": num_steps, "num_restarts": num_restarts, "stop_radius": stop_radius}
+  if loop == "host":
+    best_adv, best_dist = _host_loop(logits_fn, settings, x, y, key, **loops)
+  else:
+    best_adv, best_dist = _device_loop(_program(logits_fn, **dict(settings)), x, y, key,
+                                       **loops)
+  return best_adv.reshape(x.shape), best_dist, jnp.isfinite(best_dist)
 
 
 def _validate(logits_fn, x, y, *, norm, num_steps, num_restarts, targeted, num_target_classes,
@@ -215,7 +298,8 @@ def _validate(logits_fn, x, y, *, norm, num_steps, num_restarts, targeted, num_t
 
 
 def fab_minimal(logits_fn, x, y, key, *, norm, eps=None, num_steps=100, num_restarts=1,
-                targeted=True, num_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9):
+                targeted=True, num_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9,
+                loop="auto"):
   """FAB (targeted FAB-T by default): the smallest perturbation it finds per example.
 
   norm: 'linf', 'l2' or 'l1'. targeted=True runs FAB once per target class among the
@@ -225,6 +309,11 @@ def fab_minimal(logits_fn, x, y, key, *, norm, eps=None, num_steps=100, num_rest
   start from a random point at distance min(best so far, eps) / 2 of the clean image; eps=None
   uses the reference's radius (0.3, 1.0, 5.0 for linf, l2, l1). Examples that the model already
   misclassifies are returned as they are, at distance 0.
+
+  loop: 'device' traces the steps into `lax` loops (jit-able; the choice on GPU and TPU);
+  'host' jits one step and loops in Python (needs concrete inputs; several times faster on
+  CPU); 'auto' (default) picks 'host' on the CPU backend when the inputs are concrete, else
+  'device'. Both compute the same iterates.
 
   Returns (adversarial images, norm of their perturbation, success mask); where the attack
   failed the image is x and the norm +inf.
@@ -238,11 +327,11 @@ def fab_minimal(logits_fn, x, y, key, *, norm, eps=None, num_steps=100, num_rest
   return _fab_search(logits_fn, x, y, key, norm=norm, restart_eps=eps, num_steps=num_steps,
                      num_restarts=num_restarts, targeted=targeted,
                      num_target_classes=num_target_classes, alpha_max=alpha_max, eta=eta,
-                     beta=beta, stop_radius=0.0)
+                     beta=beta, stop_radius=0.0, loop=loop)
 
 
 def fab(logits_fn, x, y, key, *, norm, eps, num_steps=100, num_restarts=1, targeted=True,
-        num_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9):
+        num_target_classes=9, alpha_max=0.1, eta=1.05, beta=0.9, loop="auto"):
   """FAB reported at radius eps: per example the closest adversarial point FAB found if its
   perturbation (in `norm`) is <= eps, else x; the point is in [0, 1]. The runs over targets and
   restarts stop once every example has an adversarial point within eps (as the reference runs
@@ -255,6 +344,6 @@ def fab(logits_fn, x, y, key, *, norm, eps, num_steps=100, num_restarts=1, targe
   adv, dist, success = _fab_search(
       logits_fn, x, y, key, norm=norm, restart_eps=eps, num_steps=num_steps,
       num_restarts=num_restarts, targeted=targeted, num_target_classes=num_target_classes,
-      alpha_max=alpha_max, eta=eta, beta=beta, stop_radius=eps)
+      alpha_max=alpha_max, eta=eta, beta=beta, stop_radius=eps, loop=loop)
   take = success & (dist <= eps)
   return jnp.where(common.broadcast_mask(take, x), adv, x)
