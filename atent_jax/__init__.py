@@ -12,14 +12,23 @@ from atent_jax import _xla
 
 _xla.configure_xla_flags()
 
-from atent_jax.langevin import ema_weights, optimize_input, sample_langevin  # noqa: E402
-from atent_jax.attacks import pgd, pgd_l2, pgd_linf  # noqa: E402
-from atent_jax.attacks import (ATTACKS, atent_attack, autoattack, cw_l2, cw_linf,  # noqa: E402
-                               deepfool, fgsm)
-from atent_jax.evaluation import evaluate_attacks  # noqa: E402
-from atent_jax.checkpoint import load_classifier, load_run  # noqa: E402
-from atent_jax.errors import (AtentError, CheckpointError, ConfigError, DataError,  # noqa: E402
-                              NonFiniteError)
+# The XLA flags must be set before JAX's backend starts, hence these imports come after.
+from atent_jax.attacks import (
+    ATTACKS,
+    atent_attack,
+    autoattack,
+    cw_l2,
+    cw_linf,
+    deepfool,
+    fgsm,
+    pgd,
+    pgd_l2,
+    pgd_linf,
+)
+from atent_jax.checkpoint import load_classifier, load_run
+from atent_jax.errors import AtentError, CheckpointError, ConfigError, DataError, NonFiniteError
+from atent_jax.evaluation import evaluate_attacks
+from atent_jax.langevin import ema_weights, optimize_input, sample_langevin
 
 __version__ = "0.1.0"
 

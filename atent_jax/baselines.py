@@ -11,7 +11,7 @@ constant for the weight gradient. The weight losses use the model in train mode.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -246,7 +246,8 @@ def make_entropy_sgd(config, model):
       nkey = jax.random.fold_in(jax.random.fold_in(rng, 10_000), k)
       keys = jax.random.split(nkey, len(leaves))
       noise = jax.tree_util.tree_unflatten(
-          treedef, [jax.random.normal(kk, l.shape, l.dtype) for kk, l in zip(keys, leaves)])
+          treedef,
+          [jax.random.normal(kk, leaf.shape, leaf.dtype) for kk, leaf in zip(keys, leaves)])
       wp = jax.tree_util.tree_map(
           lambda a, ga, w0, n: a - eta * (ga + gamma * (a - w0)) + noise_std * n,
           wp, g, params, noise)

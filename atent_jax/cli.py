@@ -27,7 +27,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _last_line(e: BaseException) -> str:
-  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  lines = [line.strip() for line in str(e).splitlines() if line.strip()]
   return lines[-1] if lines else type(e).__name__
 
 
@@ -52,7 +52,7 @@ def _type_name(value) -> str:
 
 def override_error(argv, config_flag: str = "config", error: BaseException | None = None) -> str:
   """One line naming the bad `--config.<key>=value` override in `argv`, with the nearest key."""
-  from atent_jax.configuration import flatten_config, default_config, nearest_key
+  from atent_jax.configuration import default_config, flatten_config, nearest_key
   known = flatten_config(default_config())
   for arg in argv[1:]:
     m = _OVERRIDE.match(arg)

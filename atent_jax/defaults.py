@@ -88,7 +88,8 @@ def get_config():
   # K-th (False: the paper's Algorithm 2). PGD-based methods always project every step.
   config.sampler.project_every_step = False
   config.sampler.update_rule = "code"      # code (authors' code, the tables) | paper (Eq. 8)
-  config.sampler.unroll = -1               # -1: backend default (CPU: unrolled), 0: unrolled, 1: rolled, k: by k
+  # -1: the backend's default (CPU: unrolled), 0: unrolled, 1: rolled, k: unrolled by k.
+  config.sampler.unroll = -1
   config.sampler.fused = True              # ATENT: one forward/backward per Langevin step
   config.sampler.ema_tolerance = 0.0       # skip weight gradients of samples with EMA weight below
 

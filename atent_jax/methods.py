@@ -14,7 +14,7 @@ its input gradient and its weight gradient. The weight loss always uses train mo
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -196,11 +196,12 @@ def make_atent_fused(config, model) -> GradFn:
 
     def both(i, carry):
       xp, bs, gsum, lsum = carry
-      (l, (bs, _)), (gw, gx) = jax.value_and_grad(batch_loss, argnums=(0, 2), has_aux=True)(
-          params, bs, xp, i)
+      value_and_grads = jax.value_and_grad(batch_loss, argnums=(0, 2), has_aux=True)
+      (sample_loss, (bs, _)), (gw, gx) = value_and_grads(params, bs, xp, i)
       c = weights[i - 1] / x.shape[0]  # x'i is sample i (1-based); mean over the batch
       gsum = jax.tree_util.tree_map(lambda a, b: a + (c * b).astype(a.dtype), gsum, gw)
-      return step(i, x, xp, gx, noise_keys), bs, gsum, (lsum + c * l).astype(lsum.dtype)
+      lsum = (lsum + c * sample_loss).astype(lsum.dtype)
+      return step(i, x, xp, gx, noise_keys), bs, gsum, lsum
 
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
     # The accumulators follow the dtypes in use (float64 under jax_enable_x64).
@@ -210,11 +211,11 @@ def make_atent_fused(config, model) -> GradFn:
     else:
       _, bs, gsum, lsum = carry
     # The last sample x'K: its weight gradient only.
-    (l, (bs, logits)), gw = jax.value_and_grad(batch_loss, has_aux=True)(params, bs, xp,
+    (last_loss, (bs, logits)), gw = jax.value_and_grad(batch_loss, has_aux=True)(params, bs, xp,
                                                                           num_steps)
     c = weights[num_steps - 1] / x.shape[0]
     grads = jax.tree_util.tree_map(lambda a, b: a + (c * b).astype(a.dtype), gsum, gw)
-    loss = lsum + c * l
+    loss = lsum + c * last_loss
     return loss, grads, bs, {"train_accuracy": _accuracy(logits, y)}
 
   return grad_fn

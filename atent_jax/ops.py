@@ -18,7 +18,8 @@ Limits (documented, by design):
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ __all__ = [
     "DEFAULT_CHUNK", "pytorch_conv_kernel_init", "pytorch_bias_init",
 ]
 
-PaddingLike = Union[str, int, Sequence[int], Sequence[Sequence[int]]]
+PaddingLike = str | int | Sequence[int] | Sequence[Sequence[int]]
 
 # Examples per piece of the dW accumulation. Measured on a 2-core AVX2 machine with the YNNPACK
 # XLA flag (SmallCNN, batch 128, grad w.r.t. params): chunk 2/4/8/16 -> 101/100/98/103 ms,
@@ -61,7 +62,7 @@ def get_conv_impl() -> str:
   return _conv_impl
 
 
-def _resolve_impl(impl: Optional[str]) -> str:
+def _resolve_impl(impl: str | None) -> str:
   impl = _conv_impl if impl is None else impl
   if impl not in _VALID_IMPLS:
     raise ValueError(f"impl must be one of {_VALID_IMPLS}, got {impl!r}")
@@ -70,7 +71,8 @@ def _resolve_impl(impl: Optional[str]) -> str:
   return impl
 
 
-def _explicit_padding(padding: PaddingLike, kernel_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
+def _explicit_padding(padding: PaddingLike,
+                      kernel_hw: tuple[int, int]) -> tuple[tuple[int, int], ...]:
   """Normalises padding to ((lo_h, hi_h), (lo_w, hi_w)) for a stride-1 conv."""
   if isinstance(padding, str):
     p = padding.upper()
@@ -170,7 +172,7 @@ _CONV_CACHE: dict = {}
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, padding: PaddingLike = "VALID",
-           impl: Optional[str] = None, chunk: Optional[int] = None) -> jax.Array:
+           impl: str | None = None, chunk: int | None = None) -> jax.Array:
   """Stride-1 2-D convolution, NHWC input x HWIO kernel -> NHWC output (no bias).
 
   Args:
@@ -253,15 +255,15 @@ class Conv(nn.Module):
   Accepts (N, H, W, C) or unbatched (H, W, C) inputs.
   """
   features: int
-  kernel_size: Union[int, Sequence[int]] = (3, 3)
+  kernel_size: int | Sequence[int] = (3, 3)
   padding: PaddingLike = "VALID"
   use_bias: bool = True
-  dtype: Optional[Any] = None
+  dtype: Any | None = None
   param_dtype: Any = jnp.float32
   kernel_init: Callable = pytorch_conv_kernel_init
-  bias_init: Optional[Callable] = None  # None: PyTorch-like U(+-1/sqrt(fan_in))
-  impl: Optional[str] = None
-  chunk: Optional[int] = None
+  bias_init: Callable | None = None  # None: PyTorch-like U(+-1/sqrt(fan_in))
+  impl: str | None = None
+  chunk: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -276,7 +278,8 @@ class Conv(nn.Module):
     kernel = self.param("kernel", self.kernel_init, ks + (cin, self.features), self.param_dtype)
     bias = None
     if self.use_bias:
-      b_init = self.bias_init if self.bias_init is not None else pytorch_bias_init(ks[0] * ks[1] * cin)
+      b_init = (self.bias_init if self.bias_init is not None
+                else pytorch_bias_init(ks[0] * ks[1] * cin))
       bias = self.param("bias", b_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     y = conv2d(x, kernel, padding=self.padding, impl=self.impl, chunk=self.chunk)

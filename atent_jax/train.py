@@ -37,9 +37,11 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from atent_jax import attacks, checkpoint as ckpt_lib, distributed, methods, models, plots
+from atent_jax import attacks, distributed, methods, models, plots
+from atent_jax import checkpoint as ckpt_lib
 from atent_jax import workdir as workdir_lib
 from atent_jax.data import DATASETS, Dataset, check_images, check_labels, load_dataset
 from atent_jax.errors import ConfigError, DataError, NonFiniteError, warn
@@ -228,8 +230,8 @@ def _truncate_metrics(path: str, last_epoch: int) -> None:
   if not os.path.exists(path):
     return
   with open(path) as f:
-    lines = [l for l in f if l.strip()]
-  keep = [l for l in lines if json.loads(l).get("epoch", 0) <= last_epoch]
+    lines = [line for line in f if line.strip()]
+  keep = [line for line in lines if json.loads(line).get("epoch", 0) <= last_epoch]
   if len(keep) != len(lines):
     with open(path, "w") as f:
       f.writelines(keep)

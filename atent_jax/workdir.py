@@ -108,7 +108,7 @@ class RunLock:
     raise WorkdirError(f"--workdir={self.workdir} is in use by another run ({who}): wait for it "
                        f"or pick another workdir; if no run uses it, delete {self.path}")
 
-  def acquire(self) -> "RunLock":
+  def acquire(self) -> RunLock:
     host = socket.gethostname()
     for _ in range(10):
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)

@@ -1,6 +1,6 @@
 """Times full training steps of each method; with --reference, next to the PyTorch reference.
 
-  python experiments/benchmark.py                  # JAX alone: sgd, pgd_at, trades, atent_* (K 10, 40)
+  python experiments/benchmark.py               # JAX alone: sgd, pgd_at, trades, atent_* (K 10, 40)
   python experiments/benchmark.py --reference      # JAX and PyTorch interleaved in one process
   python experiments/benchmark.py --attacks        # AutoAttack (standard) and PGD-100, 1,000 images
   python experiments/benchmark.py --device gpu [--reference]   # on a GPU (pip install -e .[cuda12])
@@ -320,8 +320,8 @@ def run_reference(methods: list[str], ks: list[int], batch: int, repeats: int, w
       base = VARIANTS[m][0]
       if base in _TORCH_ROWS:
         tm, tvariants = _TORCH_ROWS[base]
-        pairs += [(f"JAX {m} / PyTorch {tm}{'' if v == '-' else f' ({v})'}", j, find("torch", tm, v))
-                  for v in tvariants]
+        pairs += [(f"JAX {m} / PyTorch {tm}{'' if v == '-' else f' ({v})'}", j,
+                   find("torch", tm, v)) for v in tvariants]
       if base.startswith("atent"):
         pairs.append((f"JAX {m} / JAX pgd_at", j, find("jax", "pgd_at")))
     for name, a, b in pairs:

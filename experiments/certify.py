@@ -26,8 +26,8 @@ if __package__ in (None, ""):
   if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-from absl import app, logging, flags
 import numpy as np
+from absl import app, flags, logging
 
 from atent_jax import smoothing
 from atent_jax.errors import AtentError, ConfigError

@@ -187,7 +187,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.command == "curves":
     dirs = [w for w in args.workdirs.split(",") if w]
-    labels = [l for l in args.labels.split(",") if l] or None
+    labels = [label for label in args.labels.split(",") if label] or None
     try:
       training_curves(dirs, args.out, labels, args.title)
     except (FileNotFoundError, ValueError) as e:

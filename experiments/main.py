@@ -14,9 +14,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
 from absl import flags, logging  # noqa: E402
 
+import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
 from atent_jax import cli  # noqa: E402
 
 _DEFAULT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs", "default.py")

@@ -14,6 +14,7 @@ This is the profile behind the performance notes of results/benchmark_cpu/README
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -43,6 +44,7 @@ def _median_ms(fn, repeats):
 def jax_layers(batch, repeats):
   import jax
   import jax.numpy as jnp
+
   from atent_jax import ops
   out = []
   rng = jax.random.PRNGKey(0)
@@ -51,14 +53,14 @@ def jax_layers(batch, repeats):
     k = jax.random.normal(rng, (3, 3, cin, cout)) * 0.1
     dy = jnp.ones((batch, hw - 2, hw - 2, cout))
     for impl in ("xla", "chunked"):
-      conv = (lambda a, b: ops.conv2d(a, b, impl=impl))
+      conv = functools.partial(ops.conv2d, impl=impl)
       fwd = jax.jit(conv)
-      dx = jax.jit(lambda a, b: jax.vjp(lambda u: conv(u, b), a)[1](dy)[0])
-      dw = jax.jit(lambda a, b: jax.vjp(lambda w: conv(a, w), b)[1](dy)[0])
+      dx = jax.jit(lambda a, b, conv=conv, dy=dy: jax.vjp(lambda u: conv(u, b), a)[1](dy)[0])
+      dw = jax.jit(lambda a, b, conv=conv, dy=dy: jax.vjp(lambda w: conv(a, w), b)[1](dy)[0])
       for what, f in (("fwd", fwd), ("dx", dx), ("dw", dw)):
         if impl == "chunked" and what != "dw":
           continue  # same forward and dx as XLA's
-        ms = _median_ms(lambda: jax.block_until_ready(f(x, k)), repeats)
+        ms = _median_ms(lambda f=f, x=x, k=k: jax.block_until_ready(f(x, k)), repeats)
         out.append({"impl": f"jax_{impl}", "what": f"{name} {what}", "ms": ms})
   return out
 
@@ -67,6 +69,7 @@ def jax_model(batch, repeats):
   import jax
   import jax.numpy as jnp
   import optax
+
   from atent_jax import models
   from atent_jax.configuration import default_config
   config = default_config()
@@ -104,14 +107,14 @@ def torch_all(batch, repeats, threads=2):
     dy = torch.ones(batch, cout, hw - 2, hw - 2)
     xg, kg = x.clone().requires_grad_(True), k.clone().requires_grad_(True)
 
-    def fwd():
+    def fwd(x=x, k=k):
       with torch.no_grad():
         F.conv2d(x, k)
 
-    def dx():
+    def dx(xg=xg, k=k, dy=dy):
       torch.autograd.grad(F.conv2d(xg, k), xg, dy)
 
-    def dw():
+    def dw(x=x, kg=kg, dy=dy):
       torch.autograd.grad(F.conv2d(x, kg), kg, dy)
 
     for what, f in (("fwd", fwd), ("dx", dx), ("dw", dw)):

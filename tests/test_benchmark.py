@@ -74,8 +74,8 @@ def _notebook_linf_step(model, opt, x, y, L, *, step=0.01, eps=0.3, ep=1e-4, alp
   model.train()
   loss = 0
   x_adv = None
-  for l in range(L):
-    if l == 0:
+  for sample in range(L):
+    if sample == 0:
       start = x + torch.sign(torch.normal(torch.zeros_like(x), torch.ones_like(x))) * eps
     else:
       start = x_adv

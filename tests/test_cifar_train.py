@@ -192,7 +192,7 @@ def _drop_times(record):
 
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [_drop_times(json.loads(l)) for l in f if l.strip()]
+    return [_drop_times(json.loads(line)) for line in f if line.strip()]
 
 
 def _latest(workdir):

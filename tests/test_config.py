@@ -14,8 +14,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from atent_jax import checkpoint as ckpt_lib, models, train
-from atent_jax.configuration import default_config, validate_config
+from atent_jax import checkpoint as ckpt_lib
+from atent_jax import models, train
+from atent_jax.configuration import default_config, flatten_config, validate_config
 from atent_jax.data import Dataset, check_images, check_labels, load_dataset
 from atent_jax.errors import CheckpointError, ConfigError, DataError
 
@@ -243,7 +244,7 @@ def test_cli_one_line_exit_2_nothing_written(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "main.py"),
                              f"--workdir={workdir}"] + args, capture_output=True, text=True,
                             cwd=str(tmp_path), timeout=120)
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, (args, result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (
         args, result.stderr)
@@ -262,14 +263,10 @@ def _config_file(name, arg=None):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _flat(config, prefix=""):
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(_flat(value, prefix + key + "."))
-    else:
-      out[prefix + key] = tuple(value) if isinstance(value, (list, tuple)) else value
-  return out
+def _flat(config):
+  """flatten_config with sequences as tuples (a ConfigDict may hold either)."""
+  return {key: tuple(value) if isinstance(value, (list, tuple)) else value
+          for key, value in flatten_config(config).items()}
 
 
 # (config file, radius argument) -> the fields in which `code` and `paper` differ and their

@@ -11,10 +11,9 @@ import importlib.util
 import os
 import sys
 
-import ml_collections
 import pytest
 
-from atent_jax.configuration import validate_config
+from atent_jax.configuration import flatten_config, validate_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
                        "configs")
@@ -70,14 +69,10 @@ DEMO_DEPARTURES = {
 }
 
 
-def _flat(config, prefix=""):
-  out = {}
-  for key, value in config.items():
-    if isinstance(value, ml_collections.ConfigDict):
-      out.update(_flat(value, prefix + key + "."))
-    else:
-      out[prefix + key] = tuple(value) if isinstance(value, list) else value
-  return out
+def _flat(config):
+  """flatten_config with sequences as tuples (a ConfigDict may hold either)."""
+  return {key: tuple(value) if isinstance(value, list) else value
+          for key, value in flatten_config(config).items()}
 
 
 def _load(path, arg=None):

@@ -149,29 +149,9 @@ def _run(*args, script="evaluate.py"):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-  """A SmallCNN trained for two steps (synthetic digits: the CLI is what is tested)."""
-  from atent_jax import configuration, train
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = configuration.default_config()
-  config.method = "sgd"
-  config.data.source = "synthetic"
-  config.data.synthetic_examples = 96
-  config.train.batch_size = 32
-  config.train.num_epochs = 1
-  config.train.progress_bar = False
-  config.eval.num_examples = 16
-  config.eval.batch_size = 16
-  config.eval.num_steps = 1
-  config.eval.eps = 0.3
-  train.train_and_evaluate(config, workdir)
-  return workdir
-
-
-@pytest.fixture(scope="module")
-def evaluated(trained_run, tmp_path_factory):
+def evaluated(tiny_run_template, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("evaluated") / "run")
-  shutil.copytree(trained_run, workdir)
+  shutil.copytree(tiny_run_template, workdir)
   out = _run(f"--workdir={workdir}",
              "--attacks=pgd3_linf,autoattack:attacks=apgd-ce,square:num_queries=20",
              "--num_examples=16", "--batch_size=16", "--nosanity_checks")
@@ -226,14 +206,14 @@ def test_compare_cli(evaluated, tmp_path):
   (tmp_path / "c.json").write_text(json.dumps(flipped))
   out = _run(path, str(tmp_path / "c.json"), script="compare_robustness.py")
   assert out.returncode == 2
-  assert [l for l in out.stderr.splitlines() if l.startswith("error:")] == [
+  assert [line for line in out.stderr.splitlines() if line.startswith("error:")] == [
       ("error: the two evaluations used different examples (indices or labels differ): compare "
       "evaluations of the same split and --num_examples")]
 
 
 def _assert_one_error_and_nothing_written(out, workdir, args):
   assert out.returncode == 2, (args, out.stderr[-2000:])
-  lines = [l for l in out.stderr.strip().splitlines() if l.startswith("error:")]
+  lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
   assert len(lines) == 1, (args, out.stderr[-2000:])
   assert not os.path.exists(os.path.join(workdir, "robustness.json"))
   assert not os.path.exists(os.path.join(workdir, "robustness.md"))
@@ -244,17 +224,15 @@ def _assert_one_error_and_nothing_written(out, workdir, args):
     ("nope", "'nope' is not a known attack"), ("autoattack@0", "eps=0.0"),
     ("square@-1", "eps=-1.0"), ("fab_t_l1", "norm 'l1' is not supported"),
     ("autoattack:version=fast", "version='fast'")])
-def test_evaluate_cli_bad_attacks_exit_2_writing_nothing(trained_run, tmp_path, attacks, match):
-  workdir = str(tmp_path / "run")
-  shutil.copytree(trained_run, workdir)
+def test_evaluate_cli_bad_attacks_exit_2_writing_nothing(tiny_run, attacks, match):
+  workdir = tiny_run
   out = _run(f"--workdir={workdir}", f"--attacks=pgd3_linf,{attacks}", "--num_examples=4")
   assert match in _assert_one_error_and_nothing_written(out, workdir, attacks)
 
 
-def test_evaluate_cli_model_output_of_the_wrong_shape_exits_2(trained_run, tmp_path):
+def test_evaluate_cli_model_output_of_the_wrong_shape_exits_2(tiny_run):
   """The run's model, wrapped to return one number per image instead of logits."""
-  workdir = str(tmp_path / "run")
-  shutil.copytree(trained_run, workdir)
+  workdir = tiny_run
   code = f"""
 import runpy, sys
 from atent_jax import checkpoint

@@ -19,7 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atent_jax import checkpoint as ckpt_lib, models, train, workdir as workdir_lib
+from atent_jax import checkpoint as ckpt_lib
+from atent_jax import models, train
+from atent_jax import workdir as workdir_lib
 from atent_jax.configuration import default_config
 from atent_jax.errors import AtentWarning, CheckpointError, NonFiniteError, WorkdirError
 
@@ -110,7 +112,7 @@ def _params(workdir):
 
 def _metrics(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [{k: v for k, v in json.loads(l).items() if k not in _TIME_KEYS} for l in f]
+    return [{k: v for k, v in json.loads(line).items() if k not in _TIME_KEYS} for line in f]
 
 
 def _steps(workdir):
@@ -258,7 +260,7 @@ def test_nan_on_the_command_line_is_one_line_with_nonzero_exit(tmp_path):
   result = _run(str(tmp_path / "run"), tmp_path / "cache",
                 **{"train.learning_rate": 1e30, "train.num_epochs": 1})
   assert result.returncode != 0
-  errors = [l for l in result.stderr.splitlines() if l.strip()]
+  errors = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr
   assert "at step 1" in errors[0] and "became" in errors[0]
 

@@ -362,8 +362,8 @@ def test_ema_weights_match_the_recursion():
   alpha, k = 0.9, 7
   losses = np.random.default_rng(0).uniform(0, 3, k)
   mu = 0.0
-  for l in losses:
-    mu = (1 - alpha) * mu + alpha * l
+  for loss in losses:
+    mu = (1 - alpha) * mu + alpha * loss
   c = np.asarray(atent_jax.ema_weights(k, alpha))
   chex.assert_shape(c, (k,))
   assert float(c @ losses) == pytest.approx(mu, rel=1e-6)

@@ -205,7 +205,8 @@ def test_kill_one_process_then_restart_both_resumes(runs):
 
   again = _start_pair(workdir, cache)
   _finish(again)
-  resumed = [l for l in again[0].lines if l.startswith("resumed from the checkpoint at step")]
+  resumed = [line for line in again[0].lines
+             if line.startswith("resumed from the checkpoint at step")]
   assert resumed and int(resumed[0].split()[-1]) in (2, 4), again[0].report()
   _close(_params(workdir), _params(dirs["two_processes"]))
   assert _last_metrics(workdir)["step"] == 8

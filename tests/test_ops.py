@@ -223,7 +223,7 @@ def test_conv_module_matches_flax_conv(features, kernel_size, padding, use_bias)
   def both(p):
     out = []
     for m in (mine, theirs):
-      y, vjp = jax.vjp(lambda p: m.apply(p, x), p)
+      y, vjp = jax.vjp(lambda p, m=m: m.apply(p, x), p)
       out.append((y, vjp(jnp.cos(y))[0]))
     return out
 

@@ -1,9 +1,9 @@
 """experiments/reproduce.py end to end at a tiny scale, and experiments/figures.py.
 
-One reproduce run of table2 with 2 rows (SGD, PGD-AT; run together, --jobs=2) on 64 built-in MNIST images, 1 epoch,
-K 2, 32 test images: the files it writes, no checkpoints in the results, and a rerun that skips
-training and evaluation. Then the figures: training curves of those rows, and the toy decision
-boundaries at a few training steps. About a minute on 2 CPU cores.
+One reproduce run of table2 with 2 rows (SGD, PGD-AT; run together, --jobs=2) on 64 built-in
+MNIST images, 1 epoch, K 2, 32 test images: the files it writes, no checkpoints in the results,
+and a rerun that skips training and evaluation. Then the figures: training curves of those
+rows, and the toy decision boundaries at a few training steps. About a minute on 2 CPU cores.
 """
 
 import importlib.util
@@ -78,8 +78,8 @@ def test_writes_the_table_files_and_no_checkpoints(reproduced):
   ours, published = table.split("## Published (paper)")
   assert "## This run" in ours
   assert all(f"| {d} |" in ours for d in ("SGD", "PGD-AT"))
-  assert any(l.startswith("| l_inf-ATENT |") for l in published.splitlines())
-  assert not any(l.startswith("| l_inf-ATENT |") for l in ours.splitlines())
+  assert any(line.startswith("| l_inf-ATENT |") for line in published.splitlines())
+  assert not any(line.startswith("| l_inf-ATENT |") for line in ours.splitlines())
   commands = open(os.path.join(out, "commands.sh")).read()
   assert commands.count("experiments/main.py") == 2
   assert commands.count("experiments/evaluate.py") == 2

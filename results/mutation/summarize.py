@@ -18,7 +18,7 @@ STATUS = {1: "killed", 0: "survived", 33: "no tests", -24: "timeout", 24: "timeo
 
 def main(names_file: str) -> None:
   with open(names_file) as f:
-    names = [l.strip() for l in f if l.strip()]
+    names = [line.strip() for line in f if line.strip()]
   codes = {}
   for meta in ("atent_jax/langevin.py", "atent_jax/attacks/classic.py", "atent_jax/methods.py",
                "atent_jax/baselines.py", "atent_jax/smoothing.py"):
@@ -44,9 +44,9 @@ def main(names_file: str) -> None:
   for n, status in survivors:
     diff = subprocess.run(["mutmut", "show", n], capture_output=True, text=True,
                           check=False).stdout
-    lines = [l for l in diff.splitlines()
-             if l[:1] in "+-" and not l.startswith(("+++", "---"))]
-    print(f"\n{n} ({status})\n" + "\n".join("    " + l for l in lines))
+    lines = [line for line in diff.splitlines()
+             if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    print(f"\n{n} ({status})\n" + "\n".join("    " + line for line in lines))
 
 
 if __name__ == "__main__":
