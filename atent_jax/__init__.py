@@ -25,10 +25,10 @@ from atent_jax.attacks import (
     pgd_l2,
     pgd_linf,
 )
-from atent_jax.checkpoint import load_classifier, load_run
 from atent_jax.errors import AtentError, CheckpointError, ConfigError, DataError, NonFiniteError
 from atent_jax.evaluation import evaluate_attacks
 from atent_jax.langevin import ema_weights, optimize_input, sample_langevin
+from atent_jax.runs import load_classifier, load_run
 
 __version__ = "0.1.0"
 

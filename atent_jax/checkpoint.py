@@ -1,4 +1,5 @@
-"""Checkpoints of a run (orbax) and loading a trained classifier back from its workdir.
+"""Checkpoints of a run (orbax): saving, resuming, restoring (atent_jax.runs loads a finished
+run's classifier on top of this).
 
 Layout: WORKDIR/checkpoints/<step>/ (the latest `keep`), WORKDIR/best/<step>/ plus
 WORKDIR/best/metrics.json (the epoch with the best robust accuracy on the evaluation split).
@@ -22,24 +23,23 @@ import json
 import os
 import shutil
 import time
-from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import orbax.checkpoint as ocp
 
 from atent_jax import workdir as workdir_lib
 from atent_jax.errors import CheckpointError, warn
 
-_PAUSE_ENV = "ATENT_JAX_TEST_PAUSE_AT"
+# Test hook (see _pausing_temporary_path_class and train.pause_point); unset outside tests.
+PAUSE_ENV = "ATENT_JAX_TEST_PAUSE_AT"
 
 
 def _pausing_temporary_path_class():
   """Test hook: with ATENT_JAX_TEST_PAUSE_AT=checkpoint[@step], the commit of that step pauses
   (prints `ATENT_JAX_PAUSED checkpoint <step>` and sleeps) after its files are written and before
   the rename, so a test can `kill -9` the run during a checkpoint write."""
-  spec = os.environ.get(_PAUSE_ENV, "")
+  spec = os.environ.get(PAUSE_ENV, "")
   if not spec.startswith("checkpoint"):
     return None
   from orbax.checkpoint._src.path import atomicity  # private: only used by this test hook
@@ -213,30 +213,13 @@ class RunCheckpoints:
       self._best.close()
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config, from its config.json (JSON only: loading never executes code)."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise CheckpointError(f"{workdir} holds no config.json: pass the workdir of a training run "
-                          "(experiments/main.py --workdir=...)")
-  try:
-    with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
-  except ValueError as e:
-    raise CheckpointError(f"{path} is corrupt ({_first_line(e)}): restore it from the run's "
-                          "log or rerun") from None
+def restore_state(workdir: str, which: str, state):
+  """`state` with the weights (and optimiser state) of a run's checkpoint, shaped like `state`.
 
-
-def load_run(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDict, Any, dict]:
-  """(config, model, variables) of a trained run; `which` is 'best' (falls back to the latest)
-  or 'latest'. Corrupt checkpoints are skipped with a warning; nothing on disk is changed."""
-  from atent_jax import models, train
-  config = load_config(workdir)
-  model = models.get_model(config.model)
-  from atent_jax.data import DATASETS
-  shape = DATASETS[config.data.dataset][0]
-  tx, _ = train.make_optimizer(config, 1)
-  state = train.init_state(config, model, tx, shape)
+  which: 'best' (falls back to the latest) or 'latest'. Corrupt checkpoints are skipped with a
+  warning (nothing on disk is changed); a checkpoint of another model raises CheckpointError, as
+  does a workdir without a usable checkpoint.
+  """
   for sub in (("best", "checkpoints") if which == "best" else ("checkpoints",)):
     directory = os.path.join(workdir, sub)
     if not os.path.isdir(directory):
@@ -244,35 +227,8 @@ def load_run(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDi
     manager = _manager(directory, 1)
     for step in sorted(manager.all_steps(), reverse=True):
       try:
-        state = _restore_into(manager, step, state)
+        return _restore_into(manager, step, state)
       except _Corrupt as e:
         warn(f"the checkpoint at step {step} in {directory} is corrupt ({e}): skipping it")
-        continue
-      variables = {"params": state.params}
-      if state.batch_stats:
-        variables["batch_stats"] = state.batch_stats
-      return config, model, variables
   raise CheckpointError(f"{workdir} holds no usable checkpoint: train first with "
                         f"experiments/main.py --workdir={workdir}")
-
-
-def load_classifier(workdir: str, which: str = "best"):
-  """`logits_fn(x)` of a trained run: NHWC images in [0, 1] -> logits, model in eval mode.
-
-  Any external tool can attack the same model through it.
-  """
-  _, model, variables = load_run(workdir, which)
-  return jax.jit(lambda x: model.apply(variables, x, train=False))
-
-
-def load_weights(workdir: str, state) -> dict:
-  """params/batch_stats of another run, to fine-tune from (config.train.init_from)."""
-  _, _, variables = load_run(workdir, "latest")
-  out = {"params": variables["params"]}
-  if "batch_stats" in variables:
-    out["batch_stats"] = variables["batch_stats"]
-  shapes = jax.tree_util.tree_map(lambda a: a.shape, out["params"])
-  if shapes != jax.tree_util.tree_map(lambda a: a.shape, state.params):
-    raise CheckpointError(f"config.train.init_from={workdir!r} holds another architecture: "
-                          "use a run of the same model")
-  return out

@@ -6,7 +6,8 @@ import difflib
 
 import ml_collections
 
-from atent_jax import defaults
+from atent_jax import defaults, methods, models
+from atent_jax.data import DATASETS, SOURCES
 from atent_jax.errors import ConfigError
 
 
@@ -118,8 +119,6 @@ def _choice(config, path, choices):
 
 def validate_config(config, num_devices: int = 1) -> None:
   """Checks keys, types and ranges; raises ConfigError with a one-line message."""
-  from atent_jax import methods, models
-  from atent_jax.data import DATASETS, SOURCES
   check_keys(config)
   _choice(config, "method", sorted(methods.METHODS))
   _choice(config, "model.name", sorted(models.MODELS))
@@ -163,18 +162,15 @@ def validate_config(config, num_devices: int = 1) -> None:
   _num(config, "eval.num_steps", lo=1, integer=True)
   _num(config, "eval.step_size", lo=0, lo_open=True)
   _num(config, "eval.restarts", lo=1, integer=True)
-  if config.method in ("atent_linf", "atent_l2"):
-    want = config.method.split("_")[1]
-    if config.sampler.norm != want:
-      raise ConfigError(f"config.sampler.norm={config.sampler.norm!r} does not match "
-                        f"config.method={config.method!r}: set config.sampler.norm='{want}'")
+  method = methods.get(config.method)
+  if method.validate is not None:
+    method.validate(config)  # the method's own checks (ATENT: sampler.norm matches its name)
   if config.data.eval_split == "validation" and config.data.num_validation <= 0:
     raise ConfigError("config.data.eval_split='validation' needs config.data.num_validation > 0")
-  from atent_jax.models import INPUT_SHAPES
   want_shape = DATASETS[config.data.dataset][0]
-  if INPUT_SHAPES[config.model.name] != want_shape:
+  if models.INPUT_SHAPES[config.model.name] != want_shape:
     raise ConfigError(f"config.model.name={config.model.name!r} expects inputs of shape "
-                      f"{INPUT_SHAPES[config.model.name]} but config.data.dataset="
+                      f"{models.INPUT_SHAPES[config.model.name]} but config.data.dataset="
                       f"{config.data.dataset!r} has {want_shape}: pick a matching model")
   _validate_more(config, want_shape, DATASETS[config.data.dataset][1])
 

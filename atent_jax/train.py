@@ -43,8 +43,9 @@ from jax.sharding import PartitionSpec as P
 from atent_jax import attacks, distributed, methods, models, plots
 from atent_jax import checkpoint as ckpt_lib
 from atent_jax import workdir as workdir_lib
+from atent_jax.configuration import default_config, flatten_config, validate_config
 from atent_jax.data import DATASETS, Dataset, check_images, check_labels, load_dataset
-from atent_jax.errors import ConfigError, DataError, NonFiniteError, warn
+from atent_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError, warn
 from atent_jax.metrics import robust_correct
 
 
@@ -255,9 +256,26 @@ _RESUMABLE_CHANGES = ("train.num_epochs", "train.progress_bar", "train.log_every
                       "distributed.")
 
 
+def _weights_of_run(workdir: str, state) -> dict:
+  """params/batch_stats of another run's latest checkpoint, to fine-tune from
+  (config.train.init_from). Its state is built from its own config (its optimiser may differ)."""
+  other = workdir_lib.read_config(workdir)
+  model = models.get_model(other.model)
+  tx, _ = make_optimizer(other, 1)
+  restored = ckpt_lib.restore_state(
+      workdir, "latest", init_state(other, model, tx, DATASETS[other.data.dataset][0]))
+  out = {"params": restored.params}
+  if restored.batch_stats:
+    out["batch_stats"] = restored.batch_stats
+  shapes = jax.tree_util.tree_map(lambda a: a.shape, out["params"])
+  if shapes != jax.tree_util.tree_map(lambda a: a.shape, state.params):
+    raise CheckpointError(f"config.train.init_from={workdir!r} holds another architecture: "
+                      "use a run of the same model")
+  return out
+
+
 def _check_resume_config(config, workdir: str) -> None:
   """A workdir's checkpoints are resumed only with the config they were trained with."""
-  from atent_jax.configuration import flatten_config
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     return
@@ -267,7 +285,6 @@ def _check_resume_config(config, workdir: str) -> None:
   except (OSError, ValueError):
     return  # an unreadable config.json is rewritten below
   current = flatten_config(json.loads(config.to_json_best_effort()))
-  from atent_jax.configuration import default_config
   defaults = flatten_config(json.loads(default_config().to_json_best_effort()))
   for key in sorted(set(saved) | set(current)):
     if key.startswith(_RESUMABLE_CHANGES) or saved.get(key) == current.get(key):
@@ -283,7 +300,7 @@ def _pause_point(point: str, step: int) -> None:
   """Test hook: ATENT_JAX_TEST_PAUSE_AT=step@N | eval[@N] pauses the run there (it prints
   `ATENT_JAX_PAUSED <point> <step>` and sleeps), so a test can `kill -9` it at a known point.
   checkpoint[@N] is handled in atent_jax.checkpoint. Unset (always, outside tests): no effect."""
-  spec = os.environ.get(ckpt_lib._PAUSE_ENV, "")
+  spec = os.environ.get(ckpt_lib.PAUSE_ENV, "")
   if not spec:
     return
   name, _, at = spec.partition("@")
@@ -316,7 +333,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   the workdir's location, an init_from run. Then the workdir is created, probed for writes and
   free space, and locked (WORKDIR/.lock) for the run's duration.
   """
-  from atent_jax.configuration import validate_config
   validate_config(config)  # before JAX starts: config.distributed must be usable
   distributed.initialize(config)  # multi-host: before any JAX computation; else nothing
   mesh = data_mesh()
@@ -348,7 +364,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if has_checkpoints:
     _check_resume_config(config, workdir)
   elif config.train.init_from:
-    state = state.replace(**ckpt_lib.load_weights(config.train.init_from, state))
+    state = state.replace(**_weights_of_run(config.train.init_from, state))
     print(f"initialised weights from {config.train.init_from}", flush=True)
 
   need = _state_bytes(state) * (config.train.keep_checkpoints + 2) + (1 << 20)

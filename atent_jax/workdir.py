@@ -19,7 +19,9 @@ import shutil
 import socket
 import time
 
-from atent_jax.errors import WorkdirError, warn
+import ml_collections
+
+from atent_jax.errors import CheckpointError, WorkdirError, warn
 
 try:
   import fcntl
@@ -177,3 +179,18 @@ def write_json(path: str, obj, **dump_kwargs) -> None:
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+
+
+def read_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's config, from its config.json (JSON only: loading never executes code)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise CheckpointError(f"{workdir} holds no config.json: pass the workdir of a training run "
+                          "(experiments/main.py --workdir=...)")
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except ValueError as e:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise CheckpointError(f"{path} is corrupt ({first}): restore it from the run's log or "
+                          "rerun") from None

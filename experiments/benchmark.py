@@ -377,7 +377,7 @@ def run_attacks(a) -> list[dict]:
   import numpy as np
 
   import atent_jax  # noqa: F401
-  from atent_jax import attacks, checkpoint, models
+  from atent_jax import attacks, models, runs
 
   try:
     from atent_jax.attacks.autoattack import autoattack, members
@@ -386,7 +386,7 @@ def run_attacks(a) -> list[dict]:
     sys.exit(2)
   x, y, source = _mnist_test(a.data_dir, a.num_examples)
   if a.attack_workdir:
-    logits_fn = checkpoint.load_classifier(a.attack_workdir, "best")
+    logits_fn = runs.load_classifier(a.attack_workdir, "best")
     model_desc = f"trained run {a.attack_workdir} (best)"
   else:
     config = _config("sgd", 0, 128)

@@ -4,7 +4,7 @@
       [--num_examples=500] [--skip=1] [--batch_size=1000] [--radii=0,0.25,0.435,0.5,1.0] [--seed=0]
 
 Loads the run's model (`atent_jax.load_classifier`) and evaluation split
-(`atent_jax.data.load_eval_split`), certifies examples skip*0, skip*1, ... (at most num_examples)
+(`atent_jax.runs.load_eval_split`), certifies examples skip*0, skip*1, ... (at most num_examples)
 and writes into RUN/certify_sigma{sigma}/:
   results.jsonl             one line per example: index, label, prediction, radius, correct, time
                             (written as it goes, so a long run can be watched)
@@ -179,7 +179,7 @@ def main(argv):
     radii = parse_radii(FLAGS.radii)
 
     from atent_jax import load_classifier  # pylint: disable=import-outside-toplevel
-    from atent_jax.data import load_eval_split  # pylint: disable=import-outside-toplevel
+    from atent_jax.runs import load_eval_split  # pylint: disable=import-outside-toplevel
 
     logits_fn = load_classifier(workdir)
     images, labels = load_eval_split(workdir, FLAGS.split)

@@ -44,10 +44,11 @@ from absl import flags
 from tqdm.auto import tqdm
 
 import atent_jax
-from atent_jax import checkpoint, cli, evaluation, interop
+from atent_jax import cli, evaluation, interop
 from atent_jax.attacks import autoattack
 from atent_jax.data import load_dataset
 from atent_jax.errors import ConfigError
+from atent_jax.runs import load_run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run whose model is attacked.")
@@ -129,7 +130,7 @@ def main(argv):
       raise ConfigError(f"--{name}={getattr(FLAGS, name)} is not valid: use an integer >= 1")
   if FLAGS.eps is not None and not FLAGS.eps > 0:
     raise ConfigError(f"--eps={FLAGS.eps} is not valid: use a number > 0")
-  config, model, variables = checkpoint.load_run(FLAGS.workdir, FLAGS.which)
+  config, model, variables = load_run(FLAGS.workdir, FLAGS.which)
   norm = FLAGS.norm or config.eval.norm
   eps = float(FLAGS.eps if FLAGS.eps is not None else config.eval.eps)
   data_config = config.data

@@ -54,7 +54,7 @@ import numpy as np
 from absl import flags
 
 import atent_jax  # noqa: F401  (sets the XLA flags; JAX reads them at its first computation)
-from atent_jax import checkpoint, cli, evaluation
+from atent_jax import cli, evaluation, runs
 from atent_jax.attacks import registry
 from atent_jax.data import load_dataset
 from atent_jax.errors import ConfigError
@@ -152,12 +152,12 @@ def main(argv):
   if not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} does not exist or is not a directory")
 
-  config = checkpoint.load_config(workdir)
+  config = runs.load_config(workdir)
   tokens = FLAGS.attacks or default_attacks(config.eval)
   specs = [parse_attack(t, config.eval, FLAGS.eps, FLAGS.restarts) for t in tokens if t.strip()]
   if not specs:
     raise ConfigError("--attacks is empty: name at least one attack")
-  config, model, variables = checkpoint.load_run(workdir, FLAGS.which)
+  config, model, variables = runs.load_run(workdir, FLAGS.which)
   data_config = config.data
   if FLAGS.data_dir is not None:
     data_config = config.data.copy_and_resolve_references()

@@ -67,11 +67,11 @@ CONFIGS = os.path.join(EXPERIMENTS, "configs")
 from absl import flags  # noqa: E402
 
 import atent_jax  # noqa: E402,F401  (first: sets XLA flags before JAX starts)
-from atent_jax import cli  # noqa: E402
+from atent_jax import cli, methods  # noqa: E402
 from atent_jax.errors import ConfigError  # noqa: E402
 
-DISPLAY = {"sgd": "SGD", "pgd_at": "PGD-AT", "trades": "TRADES", "mart": "MART", "mma": "MMA",
-           "entropy_sgd": "Entropy-SGD", "atent_l2": "l_2-ATENT", "atent_linf": "l_inf-ATENT"}
+# Row titles: the methods registry's display names ("PGD-AT", "l_inf-ATENT", ...).
+DISPLAY = {name: method.display_name for name, method in methods.METHODS.items()}
 
 # Published numbers (robust accuracy %, benign accuracy %), from
 # /work/shared/paper/reference_setup.md; None where it gives none.

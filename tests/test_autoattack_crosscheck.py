@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torchattacks = pytest.importorskip("torchattacks")
 
-from atent_jax import checkpoint, interop, train
+from atent_jax import interop, runs, train
 from atent_jax.attacks import autoattack
 from atent_jax.data import load_dataset
 
@@ -39,7 +39,7 @@ def trained(tmp_path_factory, tiny_config):
       "eval.eps": EPS})
   train.train_and_evaluate(config, workdir)
   images, labels = load_dataset(config.data).split("test")
-  return (checkpoint.load_classifier(workdir), np.asarray(images[:N], np.float32),
+  return (runs.load_classifier(workdir), np.asarray(images[:N], np.float32),
           np.asarray(labels[:N], np.int32))
 
 

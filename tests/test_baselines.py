@@ -1,4 +1,4 @@
-"""Baseline defenses (atent_jax.baselines): TRADES, MART, MMA, Entropy-SGD, noise augmentation."""
+"""Baseline defenses (atent_jax.methods: trades, mart, mma, entropy_sgd, noise_aug modules)."""
 
 import chex
 import flax.linen as nn
@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from atent_jax import attacks, baselines, configuration, langevin, methods
+from atent_jax import attacks, configuration, langevin, methods
 
 
 class _TinyNet(nn.Module):
@@ -65,7 +65,8 @@ METHOD_NAMES = ["trades", "mart", "mma", "entropy_sgd", "noise_aug"]
 @pytest.mark.core
 def test_registered_in_methods():
   for name in METHOD_NAMES:
-    assert methods.METHODS[name] is baselines.METHODS[name]
+    record = methods.get(name)
+    assert record.name == name and record.make_grad_fn is getattr(methods, f"make_{name}")
     configuration.validate_config(_config(name))
 
 
@@ -107,7 +108,7 @@ def test_trades_loss_matches_its_formula(setup):
   config = _config("trades", trades_beta=6.0)
   rng = jax.random.PRNGKey(4)
   loss, _, _, _ = methods.make_grad_fn(config, model)(params, bs, x, y, rng)
-  adv = baselines.trades_examples(config, model, params, bs, x, jax.random.fold_in(rng, 1))
+  adv = methods.trades_examples(config, model, params, bs, x, jax.random.fold_in(rng, 1))
   assert float(jnp.max(jnp.abs(adv - x))) <= 0.3 + 1e-6
   logits, bs1 = methods.train_forward(model, params, bs, x, rng)
   adv_logits, _ = methods.train_forward(model, params, bs1, adv, jax.random.fold_in(rng, 2))
@@ -123,7 +124,7 @@ def test_mart_loss_by_hand():
   logits = jnp.array([[2.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
   adv = jnp.array([[0.0, 1.0, -1.0], [0.1, 0.3, 0.2]])
   y = jnp.array([0, 2])
-  got = baselines.mart_loss(logits, adv, y, beta=6.0)
+  got = methods.mart_loss(logits, adv, y, beta=6.0)
   pa, pn = np.asarray(jax.nn.softmax(adv)), np.asarray(jax.nn.softmax(logits))
   total = 0.0
   for i, yi in enumerate([0, 2]):
@@ -145,7 +146,7 @@ def test_mma_margin_points_lie_on_the_boundary_along_the_pgd_direction(setup):
   key = jax.random.PRNGKey(5)
   logits_fn = methods.eval_logits_fn(model, params, bs)
   y = jnp.argmax(logits_fn(x), -1)  # every clean x correct: each found margin is searched
-  points, dist, found = baselines.mma_margin_points(config, model, params, bs, x, y, key)
+  points, dist, found = methods.mma_margin_points(config, model, params, bs, x, y, key)
   chex.assert_shape([points], [x.shape])
   # The documented search direction: one PGD run (shared optimiser, random start) at max_eps.
   adv = langevin.optimize_input(
@@ -155,7 +156,7 @@ def test_mma_margin_points_lie_on_the_boundary_along_the_pgd_direction(setup):
   x, points, adv, found = (np.asarray(a, np.float64) for a in (x, points, adv, found))
   found = found.astype(bool)
   delta = (adv - x).reshape(len(x), -1)
-  step = 2.0 ** -baselines.MMA_BISECTION_STEPS
+  step = 2.0 ** -methods.MMA_BISECTION_STEPS
   t = np.abs((points - x).reshape(len(x), -1)).max(-1) / np.abs(delta).max(-1)
   np.testing.assert_allclose((points - x).reshape(len(x), -1), t[:, None] * delta, atol=1e-6)
   np.testing.assert_allclose(t[found], np.round(t[found] / step) * step, atol=1e-5)
@@ -187,8 +188,8 @@ def test_trades_and_mart_inner_maximisations_raise_their_objectives(setup):
   logits_fn = methods.eval_logits_fn(model, params, bs)
   rnd = jnp.clip(x + jax.random.uniform(jax.random.PRNGKey(8), x.shape, minval=-eps,
                                         maxval=eps), 0, 1)
-  trades = baselines.trades_examples(config, model, params, bs, x, jax.random.PRNGKey(9))
-  mart = baselines.mart_examples(_config("mart"), model, params, bs, x, y,
+  trades = methods.trades_examples(config, model, params, bs, x, jax.random.PRNGKey(9))
+  mart = methods.mart_examples(_config("mart"), model, params, bs, x, y,
                                  jax.random.PRNGKey(9))
   for adv in (trades, mart):
     chex.assert_shape(adv, x.shape)

@@ -196,8 +196,8 @@ def _metrics(workdir):
 
 
 def _latest(workdir):
-  from atent_jax import checkpoint
-  return checkpoint.load_run(workdir, "latest")[2]
+  from atent_jax import runs
+  return runs.load_run(workdir, "latest")[2]
 
 
 # ------------------------------------------------------------------- batch norm during evaluation

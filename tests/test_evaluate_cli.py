@@ -235,8 +235,8 @@ def test_evaluate_cli_model_output_of_the_wrong_shape_exits_2(tiny_run):
   workdir = tiny_run
   code = f"""
 import runpy, sys
-from atent_jax import checkpoint
-real = checkpoint.load_run
+from atent_jax import runs
+real = runs.load_run
 class OneNumber:
   def __init__(self, model):
     self.model = model
@@ -245,7 +245,7 @@ class OneNumber:
 def load_run(workdir, which="best"):
   config, model, variables = real(workdir, which)
   return config, OneNumber(model), variables
-checkpoint.load_run = load_run
+runs.load_run = load_run
 sys.argv = ["evaluate.py", "--workdir={workdir}", "--attacks=pgd3_linf", "--num_examples=4"]
 runpy.run_path("experiments/evaluate.py", run_name="__main__")
 """

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from atent_jax import checkpoint as ckpt_lib
-from atent_jax import models, train
+from atent_jax import models, runs, train
 from atent_jax import workdir as workdir_lib
 from atent_jax.configuration import default_config
 from atent_jax.errors import AtentWarning, CheckpointError, NonFiniteError, WorkdirError
@@ -107,7 +107,7 @@ def _run(workdir, cache_dir, **changes):
 
 
 def _params(workdir):
-  return ckpt_lib.load_run(workdir, "latest")[2]
+  return runs.load_run(workdir, "latest")[2]
 
 
 def _metrics(workdir):
@@ -252,7 +252,7 @@ def test_nan_stops_the_run_naming_step_and_quantity_keeping_the_last_checkpoint(
   assert step > 8 and "became" in message and ("nan" in message or "inf" in message)
   kept = int(message.split("last good checkpoint (step ")[1].split(")")[0])
   assert kept == max(_steps(workdir)) and kept >= 8
-  ckpt_lib.load_run(workdir, "latest")  # the kept checkpoint is intact
+  runs.load_run(workdir, "latest")  # the kept checkpoint is intact
   assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_NAME))
 
 

@@ -25,7 +25,7 @@ import time
 import chex
 import pytest
 
-from atent_jax import checkpoint as ckpt_lib
+from atent_jax.runs import load_run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MAIN = os.path.join(ROOT, "experiments", "main.py")
@@ -140,7 +140,7 @@ def _finish(procs: list[_Proc]) -> None:
 
 
 def _params(workdir):
-  return ckpt_lib.load_run(workdir, "latest")[2]
+  return load_run(workdir, "latest")[2]
 
 
 def _last_metrics(workdir) -> dict:

@@ -47,8 +47,8 @@ def _train(tmp_path, devices, method, model, dataset):
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                         timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  from atent_jax import checkpoint
-  _, _, variables = checkpoint.load_run(workdir, "latest")
+  from atent_jax import runs
+  _, _, variables = runs.load_run(workdir, "latest")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     metrics = json.loads(f.readline())
   return variables, metrics

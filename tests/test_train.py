@@ -11,7 +11,7 @@ import optax
 import pytest
 from tiny import make_tiny_config
 
-from atent_jax import langevin, methods, models, train
+from atent_jax import langevin, methods, models, runs, train
 from atent_jax.data import load_dataset
 
 
@@ -110,8 +110,7 @@ def test_one_atent_step_lowers_the_ema_loss_on_a_fixed_batch():
 
 
 def _params_of(workdir):
-  from atent_jax import checkpoint
-  _, _, variables = checkpoint.load_run(workdir, "latest")
+  _, _, variables = runs.load_run(workdir, "latest")
   return variables["params"]
 
 
@@ -195,8 +194,7 @@ def test_early_stopping_keeps_the_epoch_of_the_chosen_metric(tmp_path, monkeypat
   _stub_evaluation(monkeypatch)
   stopped = str(tmp_path / "stopped_at_3")
   train.train_and_evaluate(_sgd_config(3), stopped)
-  from atent_jax import checkpoint
-  _, _, best_variables = checkpoint.load_run(str(tmp_path / "robust_accuracy"), "best")
+  _, _, best_variables = runs.load_run(str(tmp_path / "robust_accuracy"), "best")
   chex.assert_trees_all_equal(best_variables["params"], _params_of(stopped))
   last = _params_of(str(tmp_path / "robust_accuracy"))  # epoch 4: the test discriminates
   differs = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), last,

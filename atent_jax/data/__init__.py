@@ -177,13 +177,3 @@ def load_dataset(data_config) -> Dataset:
     eval_x, eval_y = eval_x[:num_eval], eval_y[:num_eval]
   return Dataset(train_x, train_y, eval_x, eval_y, eval_split, source, val_x, val_y, test_x,
                  test_y)
-
-
-def load_eval_split(workdir: str, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
-  """(images, labels) of a split of the data the run in `workdir` was trained with.
-
-  'test' (default) is the whole test set, for final reports; 'validation' the held-out part of
-  the training images; 'eval' the split the run reported metrics on during training.
-  """
-  from atent_jax.checkpoint import load_config
-  return load_dataset(load_config(workdir).data).split(split)

@@ -1,5 +1,5 @@
 """Table 1, MNIST l_2 (LeNet5, eps 2), row MMA: Ding et al.'s margin maximisation (simplified: PGD
-at max_eps + bisection to the margin point; see atent_jax/baselines.py).
+at max_eps + bisection to the margin point; see atent_jax/methods/mma.py).
 
 Starts from the ATENT row's config (experiments/configs/mnist_l2.py, its `code` variant: model,
 data, optimiser, epochs, K 40 and evaluation of the table), changes the method and keeps the

@@ -1,7 +1,7 @@
 """Table 2, MNIST l_inf (SmallCNN, eps 0.3), row MMA.
 
 Ding et al.'s margin maximisation (simplified: PGD at max_eps + bisection to the margin point; see
-atent_jax/baselines.py).
+atent_jax/methods/mma.py).
 
 Starts from the ATENT row's config (experiments/configs/mnist_linf.py: model, data, optimiser,
 sampler and evaluation settings of the table) and changes only the method. Run:

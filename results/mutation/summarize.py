@@ -12,6 +12,11 @@ import json
 import subprocess
 import sys
 
+# The files setup.cfg's [mutmut] only_mutate lists.
+MUTATED = ("atent_jax/langevin.py", "atent_jax/attacks/classic.py", "atent_jax/smoothing.py",
+           *(f"atent_jax/methods/{m}.py" for m in (
+               "common", "sgd", "atent", "pgd_at", "trades", "mart", "mma", "entropy_sgd",
+               "noise_aug")))
 STATUS = {1: "killed", 0: "survived", 33: "no tests", -24: "timeout", 24: "timeout",
           152: "timeout", 3: "killed", None: "not run"}
 
@@ -20,8 +25,7 @@ def main(names_file: str) -> None:
   with open(names_file) as f:
     names = [line.strip() for line in f if line.strip()]
   codes = {}
-  for meta in ("atent_jax/langevin.py", "atent_jax/attacks/classic.py", "atent_jax/methods.py",
-               "atent_jax/baselines.py", "atent_jax/smoothing.py"):
+  for meta in MUTATED:
     try:
       with open(f"mutants/{meta}.meta") as f:
         codes.update(json.load(f)["exit_code_by_key"])

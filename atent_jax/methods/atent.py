@@ -1,20 +1,14 @@
-"""Training methods: each turns a batch into a loss and weight gradients.
+"""ATENT (Algorithms 1 and 2): l_inf-ATENT and l_2-ATENT.
 
-`make_grad_fn(config, model)` returns
-    grad_fn(params, batch_stats, images, labels, rng) -> (loss, grads, new_batch_stats, aux)
-so a method may compute its gradient any way it likes (value_and_grad of a loss for most;
-weight-space Langevin for Entropy-SGD; one forward/backward per Langevin step for fused ATENT).
-
-The inner maximisation of PGD-AT, TRADES, MART and the two-pass ATENT step sees the model in
-eval mode (dropout off, batch-norm running averages): it works per example under vmap, where
-train-mode batch statistics would be statistics of one image. The fused ATENT step (the
+The two-pass form (`make_atent`) draws the K Langevin samples on the model in eval mode (dropout
+off, batch-norm running averages: it works per example under vmap, where train-mode batch
+statistics would be statistics of one image), then takes one value_and_grad of the EMA-weighted
+train-mode loss over them. The fused step (`make_atent_fused`, config.sampler.fused, the
 default) samples in train mode, as the authors' code does: one batched pass at each sample gives
-its input gradient and its weight gradient. The weight loss always uses train mode.
+its input gradient and its weight gradient.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -23,80 +17,20 @@ import optax
 
 from atent_jax import attacks, langevin
 from atent_jax.errors import ConfigError
+from atent_jax.methods import common
+from atent_jax.methods.common import GradFn, Method
 
-GradFn = Callable
-
-
-def _variables(params, batch_stats):
-  return {"params": params, "batch_stats": batch_stats} if batch_stats else {"params": params}
-
-
-def eval_logits_fn(model, params, batch_stats):
-  """logits_fn(x) of the model in eval mode (deterministic)."""
-  variables = _variables(params, batch_stats)
-  return lambda x: model.apply(variables, x, train=False)
-
-
-def train_forward(model, params, batch_stats, x, rng):
-  """Train-mode logits and the updated batch statistics."""
-  variables = _variables(params, batch_stats)
-  if batch_stats:
-    logits, updates = model.apply(variables, x, train=True, rngs={"dropout": rng},
-                                  mutable=["batch_stats"])
-    return logits, updates["batch_stats"]
-  return model.apply(variables, x, train=True, rngs={"dropout": rng}), batch_stats
-
-
-def mean_ce(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
-def _accuracy(logits, labels):
-  return jnp.mean(jnp.argmax(logits, -1) == labels)
-
-
-def _from_loss(loss_fn) -> GradFn:
-  """A grad_fn from loss_fn(params, batch_stats, x, y, rng) -> (loss, (batch_stats, aux))."""
-  def grad_fn(params, batch_stats, x, y, rng):
-    (loss, (new_bs, aux)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, batch_stats, x, y, rng)
-    return loss, grads, new_bs, aux
-  return grad_fn
-
-
-def unroll_from_config(config):
-  """config.sampler.unroll -> lax.fori_loop's unroll: -1 backend default (None), 0 fully
-  unrolled (True), 1 rolled, k > 1 unrolled by k."""
-  u = config.sampler.unroll
-  if u is None or u < 0:
-    return None
-  return True if u == 0 else int(u)
-
-
-_unroll = unroll_from_config
-
-
-# --- clean SGD --------------------------------------------------------------------------------
-
-def make_sgd(config, model) -> GradFn:
-  def loss_fn(params, batch_stats, x, y, rng):
-    logits, new_bs = train_forward(model, params, batch_stats, x, rng)
-    return mean_ce(logits, y), (new_bs, {"train_accuracy": _accuracy(logits, y)})
-  return _from_loss(loss_fn)
-
-
-# --- ATENT ------------------------------------------------------------------------------------
 
 def atent_samples(config, model, params, batch_stats, x, y, key):
   """The K Langevin samples x'1..x'K (K, B, ...) of the batch, held constant (no gradient)."""
   s = config.sampler
-  logits_fn = eval_logits_fn(model, jax.lax.stop_gradient(params), batch_stats)
+  logits_fn = common.eval_logits_fn(model, jax.lax.stop_gradient(params), batch_stats)
   samples = langevin.sample_langevin(
       attacks.cross_entropy_loss(logits_fn), x, y, key, norm=s.norm, eps=s.eps,
       step_size=s.step_size, num_steps=s.num_steps, gamma=s.gamma, noise_scale=s.noise_scale,
       random_init=s.random_init, update=s.update_rule,
       project_every_step=s.get("project_every_step", False), return_all=True,
-      unroll=_unroll(config))
+      unroll=common.unroll_from_config(config))
   return jax.lax.stop_gradient(samples)
 
 
@@ -108,8 +42,8 @@ def atent_ema_loss(model, params, batch_stats, samples, y, rng, weights):
   """
   def body(bs, inputs):
     k, xs, c = inputs
-    logits, bs = train_forward(model, params, bs, xs, jax.random.fold_in(rng, k))
-    return bs, (c * mean_ce(logits, y), logits)
+    logits, bs = common.train_forward(model, params, bs, xs, jax.random.fold_in(rng, k))
+    return bs, (c * common.mean_ce(logits, y), logits)
 
   ks = jnp.arange(samples.shape[0])
   new_bs, (losses, logits) = jax.lax.scan(body, batch_stats, (ks, samples, weights))
@@ -130,8 +64,8 @@ def make_atent(config, model) -> GradFn:
     samples = atent_samples(config, model, params, batch_stats, x, y, k_sample)
     loss, (new_bs, logits) = atent_ema_loss(model, params, batch_stats, samples, y, k_drop,
                                             weights)
-    return loss, (new_bs, {"train_accuracy": _accuracy(logits, y)})
-  return _from_loss(loss_fn)
+    return loss, (new_bs, {"train_accuracy": common.accuracy(logits, y)})
+  return common.from_loss(loss_fn)
 
 
 def first_weighted_sample(num_steps: int, alpha: float, tolerance: float) -> int:
@@ -172,7 +106,7 @@ def make_atent_fused(config, model) -> GradFn:
       project_every_step=s.get("project_every_step", False))
   # Steps i < i_both compute the input gradient only (the sample x'i has weight 0 or < tol).
   i_both = min(first_weighted_sample(num_steps, s.alpha, s.ema_tolerance), num_steps)
-  unroll = _unroll(config)
+  unroll = common.unroll_from_config(config)
   unroll = langevin.default_unroll() if unroll is None else unroll
 
   def grad_fn(params, batch_stats, x, y, rng):
@@ -182,7 +116,7 @@ def make_atent_fused(config, model) -> GradFn:
     step = jax.vmap(opt.update, in_axes=(None, 0, 0, 0, 0))
 
     def batch_loss(p, bs, xs, k):
-      logits, new_bs = train_forward(model, p, bs, xs, jax.random.fold_in(k_drop, k))
+      logits, new_bs = common.train_forward(model, p, bs, xs, jax.random.fold_in(k_drop, k))
       per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
       # Sum over examples: its x-gradient is each example's own gradient.
       return per_example.sum(), (new_bs, logits)
@@ -216,7 +150,7 @@ def make_atent_fused(config, model) -> GradFn:
     c = weights[num_steps - 1] / x.shape[0]
     grads = jax.tree_util.tree_map(lambda a, b: a + (c * b).astype(a.dtype), gsum, gw)
     loss = lsum + c * last_loss
-    return loss, grads, bs, {"train_accuracy": _accuracy(logits, y)}
+    return loss, grads, bs, {"train_accuracy": common.accuracy(logits, y)}
 
   return grad_fn
 
@@ -228,48 +162,14 @@ def make_atent_method(config, model) -> GradFn:
   return make_atent(config, model)
 
 
-# --- PGD adversarial training (Madry et al.) --------------------------------------------------
-
-def pgd_examples(config, model, params, batch_stats, x, y, key):
-  s = config.sampler
-  logits_fn = eval_logits_fn(model, jax.lax.stop_gradient(params), batch_stats)
-  adv = attacks.pgd(logits_fn, x, y, key, norm=s.norm, eps=s.eps, step_size=s.step_size,
-                    num_steps=s.num_steps, random_init=s.random_init, unroll=_unroll(config))
-  return jax.lax.stop_gradient(adv)
-
-
-def make_pgd_at(config, model) -> GradFn:
-  """PGD-AT: the loss at PGD examples (random start, projection every step) only."""
-  def loss_fn(params, batch_stats, x, y, rng):
-    k_adv, k_drop = jax.random.split(rng)
-    adv = pgd_examples(config, model, params, batch_stats, x, y, k_adv)
-    logits, new_bs = train_forward(model, params, batch_stats, adv, k_drop)
-    return mean_ce(logits, y), (new_bs, {"train_accuracy": _accuracy(logits, y)})
-  return _from_loss(loss_fn)
+def sampler_norm_check(norm: str):
+  """validate(config) of an ATENT method: its name fixes the sampler's ball."""
+  def validate(config):
+    if config.sampler.norm != norm:
+      raise ConfigError(f"config.sampler.norm={config.sampler.norm!r} does not match "
+                        f"config.method={config.method!r}: set config.sampler.norm='{norm}'")
+  return validate
 
 
-METHODS: dict[str, Callable] = {
-    "sgd": make_sgd,
-    "atent_linf": make_atent_method,
-    "atent_l2": make_atent_method,
-    "pgd_at": make_pgd_at,
-}
-
-
-def make_grad_fn(config, model) -> GradFn:
-  if config.method not in METHODS:
-    raise ConfigError(f"config.method={config.method!r} is not known: use one of "
-                      f"{', '.join(sorted(METHODS))}")
-  return METHODS[config.method](config, model)
-
-
-def _register_baselines() -> None:
-  """TRADES, MART, MMA, Entropy-SGD, noise augmentation live in atent_jax.baselines."""
-  import importlib.util
-  if importlib.util.find_spec("atent_jax.baselines") is None:  # pragma: no cover
-    return
-  from atent_jax import baselines
-  METHODS.update(baselines.METHODS)
-
-
-_register_baselines()
+common.register(Method("atent_linf", make_atent_method, "l_inf-ATENT", sampler_norm_check("linf")))
+common.register(Method("atent_l2", make_atent_method, "l_2-ATENT", sampler_norm_check("l2")))

@@ -1,0 +1,66 @@
+"""atent_jax.runs: a run loaded back from its workdir, and fine-tuning from another run's weights
+(config.train.init_from)."""
+
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import atent_jax
+from atent_jax import models, runs, train
+from atent_jax.errors import CheckpointError
+
+
+def test_load_run_gives_the_model_the_classifier_evaluates(tiny_run):
+  config, model, variables = runs.load_run(tiny_run)
+  assert config.method == "sgd" and config.model.name == "small_cnn"
+  images, labels = runs.load_eval_split(tiny_run, "test")
+  chex.assert_rank(images, 4)
+  assert len(images) == len(labels) > 0
+  x = np.asarray(images[:8], np.float32)
+  logits_fn = atent_jax.load_classifier(tiny_run)
+  want = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(np.asarray(logits_fn(x)), np.asarray(want))
+  # The package-level names are these functions.
+  assert atent_jax.load_run is runs.load_run and atent_jax.load_classifier is runs.load_classifier
+
+
+def test_a_folder_without_a_run_is_refused_with_one_clear_error(tmp_path):
+  with pytest.raises(CheckpointError, match="holds no config.json"):
+    runs.load_run(str(tmp_path))
+  with open(os.path.join(tmp_path, "config.json"), "w") as f:
+    f.write("{not json")
+  with pytest.raises(CheckpointError, match="is corrupt"):
+    runs.load_config(str(tmp_path))
+
+
+def test_init_from_starts_from_the_other_runs_latest_weights(tiny_run, tiny_config, tmp_path):
+  # With a learning rate of 1e-30 the run's own steps cannot move a float32 weight of the size
+  # SmallCNN's are: what the run ends with is what it started from.
+  config = tiny_config("sgd", **{"train.init_from": tiny_run, "train.learning_rate": 1e-30,
+                                 "train.momentum": 0.0, "train.weight_decay": 0.0,
+                                 "data.num_train": 64, "eval.num_examples": 16,
+                                 "eval.batch_size": 16, "eval.num_steps": 1})
+  workdir = str(tmp_path / "finetuned")
+  train.train_and_evaluate(config, workdir)
+  _, _, start = runs.load_run(tiny_run, "latest")
+  _, _, end = runs.load_run(workdir, "latest")
+  chex.assert_trees_all_close(end["params"], start["params"], rtol=0, atol=1e-20)
+  # ... and not the weights a fresh initialisation would have given.
+  fresh = jax.tree_util.tree_leaves(train.init_state(
+      config, models.get_model(config.model), train.make_optimizer(config, 1)[0],
+      (28, 28, 1)).params)
+  assert any(not np.array_equal(a, b)
+             for a, b in zip(fresh, jax.tree_util.tree_leaves(start["params"])))
+
+
+def test_init_from_a_run_of_another_architecture_is_refused(tiny_config, tmp_path):
+  lenet = str(tmp_path / "lenet")
+  train.train_and_evaluate(tiny_config("sgd", **{"model.name": "lenet5", "data.num_train": 64,
+                                                 "eval.num_examples": 16, "eval.num_steps": 1}),
+                           lenet)
+  config = tiny_config("sgd", **{"train.init_from": lenet})
+  with pytest.raises(CheckpointError, match="another architecture"):
+    train.train_and_evaluate(config, str(tmp_path / "cnn"))
