@@ -79,8 +79,7 @@ TOY_METHODS = (("sgd", "SGD"), ("pgd_at", "PGD-AT"), ("trades", "TRADES"),
 
 
 def toy_config(method: str, eps: float, steps_k: int, lr: float, batch: int):
-  sys.path.insert(0, os.path.join(ROOT, "experiments", "configs"))
-  from config_base import default_config  # pylint: disable=import-outside-toplevel
+  from atent_jax.configuration import default_config  # pylint: disable=import-outside-toplevel
   config = default_config()
   config.method = method
   config.seed = 0

@@ -2,7 +2,10 @@
 
   python experiments/main.py --config=experiments/configs/mnist_linf.py --workdir=runs/linf \
       --config.train.num_epochs=5 --config.data.dir=../shared/data/mnist
+  python experiments/main.py --config=experiments/configs/mnist_linf.py:trades ...
 
+A config file is one paper table: what follows its colon picks the row and variant
+(experiments/configs/__init__.py lists every file's rows).
 Without --config the built-in default (experiments/configs/default.py) runs: ATENT-l_inf on the
 offline MNIST sample. Started again on the same workdir, a run resumes from its last checkpoint.
 User errors (a wrong config key or value, missing data, an unusable or busy workdir, a loss that

@@ -6,7 +6,7 @@
       [--num_test=-1] [--restarts=10] [--rows=sgd,pgd_at,...] [--jobs=1] [--dry_run]
       [--report_only]
 
-Tables (MNIST; each row is an experiments/configs file):
+Tables (MNIST; each row is a config of experiments/configs, e.g. mnist_linf.py:trades):
   table1  l_2 eps 2, LeNet5. Rows sgd, pgd_at, trades, atent_l2 (optional: mma, entropy_sgd).
           Attacks on the test set: PGD-40 (step 0.25, --restarts, default 10 as the paper) and
           CW-l_2.
@@ -62,7 +62,6 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 EXPERIMENTS = os.path.join(ROOT, "experiments")
-CONFIGS = os.path.join(EXPERIMENTS, "configs")
 
 from absl import flags  # noqa: E402
 
@@ -78,9 +77,9 @@ DISPLAY = {name: method.display_name for name, method in methods.METHODS.items()
 TABLES = {
     "table1": {
         "title": "Table 1: MNIST, l_2 eps 2, LeNet5",
-        "rows": {"sgd": "mnist_l2_sgd", "pgd_at": "mnist_l2_pgd_at", "trades": "mnist_l2_trades",
-                 "atent_l2": "mnist_l2"},
-        "optional_rows": {"mma": "mnist_l2_mma", "entropy_sgd": "mnist_l2_entropy_sgd"},
+        "rows": {"sgd": "mnist_l2.py:sgd", "pgd_at": "mnist_l2.py:pgd_at",
+                 "trades": "mnist_l2.py:trades", "atent_l2": "mnist_l2.py:atent_l2"},
+        "optional_rows": {"mma": "mnist_l2.py:mma", "entropy_sgd": "mnist_l2.py:entropy_sgd"},
         "attacks": ["pgd40_l2", "cw_l2"],
         "restarts": 10,
         "paper_columns": ["PGD-40 (l_2 2)", "CW-l_2 (l_2 2)"],
@@ -92,10 +91,11 @@ TABLES = {
     },
     "table2": {
         "title": "Table 2: MNIST, l_inf eps 0.3, SmallCNN",
-        "rows": {"sgd": "mnist_linf_sgd", "pgd_at": "mnist_linf_pgd_at",
-                 "trades": "mnist_linf_trades", "mart": "mnist_linf_mart",
-                 "atent_linf": "mnist_linf"},
-        "optional_rows": {"mma": "mnist_linf_mma", "entropy_sgd": "mnist_linf_entropy_sgd"},
+        "rows": {"sgd": "mnist_linf.py:sgd", "pgd_at": "mnist_linf.py:pgd_at",
+                 "trades": "mnist_linf.py:trades", "mart": "mnist_linf.py:mart",
+                 "atent_linf": "mnist_linf.py:atent_linf"},
+        "optional_rows": {"mma": "mnist_linf.py:mma",
+                          "entropy_sgd": "mnist_linf.py:entropy_sgd"},
         "attacks": ["pgd20_linf", "cw_linf"],
         "restarts": 1,
         "paper_columns": ["PGD-20 (l_inf 0.3)", "CW-l_inf (l_inf 0.3)"],
@@ -108,7 +108,7 @@ TABLES = {
     "table6": {
         "title": "Table 6 analogue: ATENT as an attack vs PGD-20, MNIST l_inf, SmallCNN "
                  "(table2's l_inf-ATENT run)",
-        "rows": {"atent_linf": "mnist_linf"},
+        "rows": {"atent_linf": "mnist_linf.py:atent_linf"},
         "optional_rows": {},
         "attacks": None,  # built from --table6_eps
         "restarts": 1,
@@ -159,10 +159,10 @@ _SMALL_FILES = ("config.json", "run_info.json", "metrics.jsonl", "robustness.jso
 
 # --- configs and overrides --------------------------------------------------------------------
 
-def load_config(name: str):
-  sys.path.insert(0, CONFIGS)
-  from config_base import load  # pylint: disable=import-outside-toplevel
-  return load(name)
+def load_config(spec: str):
+  """The config of `spec`, an experiments/configs file and its argument ('mnist_l2.py:trades')."""
+  from experiments.configs import config_base  # pylint: disable=import-outside-toplevel
+  return config_base.load(spec)
 
 
 def parse_value(key: str, text: str, current):
@@ -252,7 +252,7 @@ def shown_path(path: str) -> str:
 
 
 def train_command(config_name: str, workdir: str, overrides) -> list[str]:
-  cmd = ["python", "experiments/main.py", f"--config=experiments/configs/{config_name}.py",
+  cmd = ["python", "experiments/main.py", f"--config=experiments/configs/{config_name}",
          f"--workdir={shown_path(workdir)}"]
   cmd += [f"--config.{k}={v}" for k, v in overrides]
   return cmd
@@ -450,7 +450,7 @@ def write_commands(path: str, plan: list[Row], table: str) -> None:
            f"# (with PYTHON={sys.executable}). Rerunning a training command resumes it.",
            "set -euo pipefail", 'PYTHON="${PYTHON:-python}"', ""]
   for row in plan:
-    lines.append(f"# --- {row.display} ({row.config_name}.py) ---")
+    lines.append(f"# --- {row.display} ({row.config_name}) ---")
     if row.reused:
       lines.append(f"# reuses table2's run {shown_path(row.train_dir)} (same config)")
     lines.append(_shell(row.train_cmd))
@@ -499,7 +499,7 @@ def run_row(row: Row, out: str, logs: str) -> dict:
   os.makedirs(dest, exist_ok=True)
   status_path = os.path.join(dest, "reproduce.json")
   status = load_json(status_path, {}) or {}
-  status.update({"row": row.name, "display": row.display, "config": row.config_name + ".py",
+  status.update({"row": row.name, "display": row.display, "config": row.config_name,
                  "train_workdir": shown_path(row.train_dir),
                  "eval_workdir": shown_path(row.eval_dir), "reused_table2_run": row.reused})
   train = status.setdefault("train", {"wall_seconds": 0.0, "invocations": 0})

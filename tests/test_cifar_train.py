@@ -27,15 +27,18 @@ _CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
                         "experiments", "configs")
 
 CIFAR_CONFIGS = [
-    "cifar10_linf_wrn", "cifar10_linf_wrn_pgd_at", "cifar10_linf_wrn_trades",
-    "cifar10_linf_wrn_finetune", "cifar10_l2_resnet20", "cifar10_l2_resnet20_pgd_at",
-    "cifar10_l2_resnet20_trades", "cifar10_smoothing_atent_l2", "cifar10_smoothing_noise_aug",
+    "cifar10_linf_wrn.py", "cifar10_linf_wrn.py:pgd_at", "cifar10_linf_wrn.py:trades",
+    "cifar10_linf_wrn.py:finetune", "cifar10_l2_resnet20.py", "cifar10_l2_resnet20.py:pgd_at",
+    "cifar10_l2_resnet20.py:trades", "cifar10_smoothing.py:atent_l2",
+    "cifar10_smoothing.py:noise_aug",
 ]
 
 
 def _load(name, arg=None):
-  spec = importlib.util.spec_from_file_location(f"cfg_{name}", os.path.join(_CONFIGS,
-                                                                            name + ".py"))
+  """The config of experiments/configs/NAME ('cifar10_l2_resnet20.py:trades'), or of FILE:ARG."""
+  file, _, own_arg = name.partition(":")
+  arg = ",".join(a for a in (own_arg, arg) if a)
+  spec = importlib.util.spec_from_file_location(f"cfg_{file[:-3]}", os.path.join(_CONFIGS, file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -73,23 +76,23 @@ def test_config_valid(name):
 
 
 def test_config_values():
-  wrn = _load("cifar10_linf_wrn", "paper")  # the paper's text; the `code` variant decays at 74
+  wrn = _load("cifar10_linf_wrn.py", "paper")  # the paper's text; the `code` variant decays at 74
   assert (wrn.model.depth, wrn.model.widen_factor, wrn.train.batch_size) == (34, 10, 128)
   assert (wrn.train.num_epochs, tuple(wrn.train.lr_decay_epochs)) == (76, (75,))
   assert (wrn.sampler.step_size, wrn.sampler.num_steps, wrn.eval.num_steps) == (0.007, 10, 20)
   assert wrn.eval.step_size == 0.003 and not wrn.eval.random_init
-  eps1 = _load("cifar10_l2_resnet20", "paper,eps1")  # `code`: gamma 0.05, step 0.5 * eps / K
+  eps1 = _load("cifar10_l2_resnet20.py", "paper,eps1")  # `code`: gamma 0.05, step 0.5 * eps / K
   assert (eps1.sampler.eps, eps1.sampler.gamma, eps1.sampler.step_size) == (1.0, 0.08, 0.2)
-  half = _load("cifar10_l2_resnet20")
+  half = _load("cifar10_l2_resnet20.py")
   assert (half.sampler.eps, half.sampler.gamma, half.train.batch_size) == (0.5, 0.05, 256)
-  smooth = _load("cifar10_smoothing_atent_l2")
+  smooth = _load("cifar10_smoothing.py:atent_l2")
   assert abs(np.sqrt(2 * smooth.sampler.step_size) * smooth.sampler.noise_scale - 0.12) < 1e-9
   assert smooth.sampler.eps == 0.435
-  fine = _load("cifar10_linf_wrn_finetune")
+  fine = _load("cifar10_linf_wrn.py:finetune")
   assert (fine.train.learning_rate, fine.train.num_epochs) == (1e-4, 20)
 
 
-_CORE = ("cifar10_linf_wrn", "cifar10_l2_resnet20")
+_CORE = ("cifar10_linf_wrn.py", "cifar10_l2_resnet20.py")
 
 
 @pytest.mark.parametrize("name", [n if n in _CORE else pytest.param(n, marks=pytest.mark.slow)
@@ -98,16 +101,17 @@ def test_config_runs_end_to_end(tmp_path, name):
   config = _shrink(_load(name))
   if config.method not in methods.METHODS:
     pytest.skip(f"method {config.method!r} is not registered yet")
-  out = train.train_and_evaluate(config, str(tmp_path / name))
+  workdir = tmp_path / name.replace(":", "_")
+  out = train.train_and_evaluate(config, str(workdir))
   assert np.isfinite(out["train_loss"]) and out["eval_split"] == "validation"
   assert 0 <= out["robust_accuracy"] <= out["clean_accuracy"] + 1e-9 <= 1 + 1e-9
-  assert os.path.isdir(tmp_path / name / "best")
+  assert os.path.isdir(workdir / "best")
 
 
 # ---------------------------------------------------------------------------------- augmentation
 
 def _sgd_resnet(**changes):
-  config = _shrink(_load("cifar10_l2_resnet20"), n=64)
+  config = _shrink(_load("cifar10_l2_resnet20.py"), n=64)
   config.method = "sgd"
   config.eval.num_examples = 8
   for key, value in changes.items():

@@ -255,12 +255,24 @@ def test_cli_one_line_exit_2_nothing_written(tmp_path):
 
 # -------------------------------------------- each table's config: the authors' code vs the paper
 
-def _config_file(name, arg=None):
-  path = os.path.join(ROOT, "experiments", "configs", name + ".py")
-  spec = importlib.util.spec_from_file_location(f"table_config_{name}", path)
+def _config_module(file):
+  path = os.path.join(ROOT, "experiments", "configs", file)
+  spec = importlib.util.spec_from_file_location(f"table_config_{file[:-3]}", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
+  return module
+
+
+def _config_file(file, arg=None):
+  """get_config(arg) of experiments/configs/FILE (e.g. 'mnist_linf.py', 'atent_linf,paper')."""
+  module = _config_module(file)
   return module.get_config(arg) if arg else module.get_config()
+
+
+def _config_spec(spec):
+  """The config of a command line's `--config=experiments/configs/SPEC`, e.g. 'mnist_l2.py:sgd'."""
+  file, _, arg = spec.partition(":")
+  return _config_file(file, arg or None)
 
 
 def _flat(config):
@@ -269,10 +281,10 @@ def _flat(config):
           for key, value in flatten_config(config).items()}
 
 
-# (config file, radius argument) -> the fields in which `code` and `paper` differ and their
+# (config file, row and radius argument) -> the fields in which `code` and `paper` differ and their
 # values, read off the authors' notebooks and the paper's text (results/authors_code.md).
 TABLE_VARIANTS = {
-    ("mnist_l2", ""): {  # Table 1
+    ("mnist_l2.py", ""): {  # Table 1
         "code": {"train.num_epochs": 30, "train.learning_rate": 0.01, "train.weight_decay": 0.0,
                  "train.lr_decay_epochs": (), "sampler.step_size": 0.125,
                  "sampler.project_every_step": True, "sampler.noise_scale": 1e-2},
@@ -280,17 +292,17 @@ TABLE_VARIANTS = {
                   "train.weight_decay": 1e-4, "train.lr_decay_epochs": (55, 75, 90),
                   "sampler.step_size": 0.25, "sampler.project_every_step": False,
                   "sampler.noise_scale": 1e-3}},
-    ("mnist_linf", ""): {  # Table 2
+    ("mnist_linf.py", ""): {  # Table 2
         "code": {"train.weight_decay": 0.0, "sampler.num_steps": 80,
                  "sampler.project_every_step": True, "sampler.noise_scale": 1e-4},
         "paper": {"train.weight_decay": 1e-4, "sampler.num_steps": 40,
                   "sampler.project_every_step": False, "sampler.noise_scale": 1e-3}},
-    ("cifar10_linf_wrn", ""): {  # Table 3
+    ("cifar10_linf_wrn.py", ""): {  # Table 3
         "code": {"sampler.eps": 0.031, "train.lr_decay_epochs": (74,)},
         "paper": {"sampler.eps": 8 / 255, "train.lr_decay_epochs": (75,)}},
-    ("cifar10_l2_resnet20", ""): {  # Table 4, eps 0.5
+    ("cifar10_l2_resnet20.py", ""): {  # Table 4, eps 0.5
         "code": {"sampler.step_size": 0.025}, "paper": {"sampler.step_size": 0.1}},
-    ("cifar10_l2_resnet20", "eps1"): {  # Table 4, eps 1.0
+    ("cifar10_l2_resnet20.py", "eps1"): {  # Table 4, eps 1.0
         "code": {"sampler.step_size": 0.05, "sampler.gamma": 0.05},
         "paper": {"sampler.step_size": 0.2, "sampler.gamma": 0.08}},
 }
@@ -321,27 +333,105 @@ def test_table_config_unknown_variant_is_one_line(name):
 def test_table_baselines_keep_their_inner_attack():
   # The ATENT `code` samplers (Table 1 step 0.125, Table 2 K 80, Table 4 step 0.5 * eps / K) are
   # not the baselines' PGD: those keep the paper's step / K whichever variant they start from.
-  for name in ("mnist_l2_pgd_at", "mnist_l2_trades", "mnist_l2_mma"):
-    config = _config_file(name)
-    assert (config.sampler.step_size, config.sampler.num_steps) == (0.25, 40), name
-  for name in ("mnist_linf_pgd_at", "mnist_linf_trades"):
-    assert _config_file(name).sampler.num_steps == 40, name
-  for name in ("cifar10_l2_resnet20_pgd_at", "cifar10_l2_resnet20_trades"):
+  for row in ("pgd_at", "trades", "mma"):
+    config = _config_file("mnist_l2.py", row)
+    assert (config.sampler.step_size, config.sampler.num_steps) == (0.25, 40), row
+  for row in ("pgd_at", "trades", "mart", "mma"):
+    assert _config_file("mnist_linf.py", row).sampler.num_steps == 40, row
+  for row in ("pgd_at", "trades"):
     for arg, eps in ((None, 0.5), ("eps1", 1.0), ("paper,eps1", 1.0), ("code", 0.5)):
-      config = _config_file(name, arg)
+      arg = f"{row},{arg}" if arg else row
+      config = _config_file("cifar10_l2_resnet20.py", arg)
       validate_config(config)
-      assert config.sampler.num_steps == 10, (name, arg)
-      assert config.sampler.step_size == pytest.approx(2 * eps / 10), (name, arg)
+      assert config.sampler.num_steps == 10, arg
+      assert config.sampler.step_size == pytest.approx(2 * eps / 10), arg
 
 
-def test_bad_config_variant_is_one_line_naming_the_reason(tmp_path):
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# ------------------------------------------- every config of the package, by its command-line name
+
+# Every `--config=experiments/configs/FILE.py[:ARG]` there is (the rows of each paper table and
+# their variants). A row is the method it trains, except cifar10_linf_wrn.py's finetune.
+ALL_CONFIGS = [
+    "default.py",
+    *(f"mnist_l2.py:{row}" for row in ("atent_l2", "sgd", "pgd_at", "trades", "mma",
+                                       "entropy_sgd")),
+    "mnist_l2.py:atent_l2,paper",
+    *(f"mnist_linf.py:{row}" for row in ("atent_linf", "sgd", "pgd_at", "trades", "mart", "mma",
+                                         "entropy_sgd")),
+    "mnist_linf.py:atent_linf,paper",
+    *(f"cifar10_linf_wrn.py:{row}" for row in ("atent_linf", "pgd_at", "trades", "finetune")),
+    "cifar10_linf_wrn.py:atent_linf,paper",
+    *(f"cifar10_l2_resnet20.py:{row}{variant}{radius}" for row in ("atent_l2", "pgd_at", "trades")
+      for variant in ("", ",paper") for radius in ("", ",eps1")),
+    "cifar10_smoothing.py:atent_l2", "cifar10_smoothing.py:noise_aug",
+    "mnist_smoothing.py:atent_l2", "mnist_smoothing.py:noise_aug",
+    *(f"verdict_table2.py:{row}" for row in ("atent_linf", "pgd_at", "trades", "mart", "sgd")),
+]
+# Each file's default (no argument) and the argument it stands for.
+DEFAULTS = {"mnist_l2.py": "atent_l2,code", "mnist_linf.py": "atent_linf,code",
+            "cifar10_linf_wrn.py": "atent_linf,code",
+            "cifar10_l2_resnet20.py": "atent_l2,code,eps0.5",
+            "cifar10_smoothing.py": "atent_l2", "mnist_smoothing.py": "atent_l2",
+            "verdict_table2.py": "atent_linf"}
+
+
+@pytest.mark.parametrize("spec", ALL_CONFIGS)
+def test_every_config_loads_and_validates(spec):
+  config = _config_spec(spec)
+  validate_config(config)
+  row = spec.partition(":")[2].split(",")[0]
+  if row and row != "finetune":  # a row is the method it trains
+    assert config.method == row, spec
+
+
+def test_the_list_of_configs_is_every_file_and_argument():
+  folder = os.path.join(ROOT, "experiments", "configs")
+  listed = set()
+  for file in sorted(os.listdir(folder)):
+    if file.endswith(".py") and file not in ("__init__.py", "config_base.py"):
+      listed.update(f"{file}:{arg}" if arg else file
+                    for arg in getattr(_config_module(file), "ARGS", ("",)))
+  assert listed == set(ALL_CONFIGS)
+
+
+@pytest.mark.parametrize("file", sorted(DEFAULTS))
+def test_config_default_argument(file):
+  default = _flat(_config_file(file))
+  assert default == _flat(_config_file(file, DEFAULTS[file]))
+  # The tokens of an argument may come in any order.
+  assert default == _flat(_config_file(file, ",".join(reversed(DEFAULTS[file].split(",")))))
+
+
+BAD_ARGS = [
+    ("mnist_linf.py:bogus", "bogus is not valid: use ROW[,VARIANT], ROW one of atent_linf, sgd"),
+    ("mnist_linf.py:trades,papr", "papr is not valid"),
+    ("mnist_l2.py:sgd,trades", "trades is a second row (after sgd)"),
+    ("mnist_l2.py:sgd,paper", "paper is a variant of the atent_l2 row only"),
+    ("cifar10_l2_resnet20.py:trades,eps2", "RADIUS one of eps0.5, eps1"),
+    ("verdict_table2.py:mma", "mma is not valid: use one of atent_linf, pgd_at, trades, mart, sgd"),
+]
+
+
+@pytest.mark.parametrize("spec,words", BAD_ARGS)
+def test_bad_config_argument_is_one_line(spec, words):
+  with pytest.raises(ValueError) as info:
+    _config_spec(spec)
+  message = str(info.value)
+  assert "\n" not in message and message.startswith(spec + ": ") and words in message, message
+
+
+@pytest.mark.parametrize("spec,words", BAD_ARGS[:2])
+def test_bad_config_argument_on_the_command_line(tmp_path, spec, words):
+  # Through experiments/main.py: one `error:` line naming the file and token, exit code 2, and
+  # nothing written.
   proc = subprocess.run(
-      [sys.executable, os.path.join(root, "experiments", "main.py"),
-       "--config=" + os.path.join(root, "experiments", "configs", "mnist_linf.py") + ":bogus",
-       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 2
+      [sys.executable, os.path.join(ROOT, "experiments", "main.py"),
+       "--config=" + os.path.join(ROOT, "experiments", "configs", spec),
+       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+      cwd=str(tmp_path))
+  assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith("error: --config=")
-  assert "bogus is not a variant: use one of code, paper" in lines[0]
-  assert not (tmp_path / "run").exists()
+  assert len(lines) == 1 and lines[0].startswith("error: --config="), proc.stderr
+  assert f"{spec}: " in lines[0] and words in lines[0], lines[0]
+  assert "Traceback" not in proc.stderr and not proc.stdout.strip()
+  assert os.listdir(tmp_path) == []

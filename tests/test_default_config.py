@@ -15,10 +15,10 @@ import pytest
 
 from atent_jax.configuration import flatten_config, validate_config
 
-CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments",
-                       "configs")
-sys.path.insert(0, CONFIGS)
-import config_base  # after the path insert: the configs folder is not a package
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(ROOT, "experiments", "configs")
+sys.path.insert(0, ROOT)
+from experiments.configs import config_base  # the module every config calls default_config() of
 
 # The measured demo (README, "Set up"). The values in which it departs from the paper's Table 2
 # setting (mnist_linf.py) are marked; everything else is the paper's or the library default.
@@ -91,15 +91,15 @@ def test_the_default_config_is_the_measured_demo():
 
 
 def _experiment_configs():
-  """(file, variant) of every experiment config, each variant where a file has several."""
+  """(file, argument) of every experiment config: each argument of a file's ARGS (its rows and
+  their variants)."""
   out = []
   for path in sorted(glob.glob(os.path.join(CONFIGS, "*.py"))):
     name = os.path.basename(path)
-    if name in ("default.py", "config_base.py"):
+    if name in ("default.py", "config_base.py", "__init__.py"):
       continue
     module, _ = _load(path)
-    variants = getattr(module, "VARIANTS", None) or getattr(module, "ROWS", None) or (None,)
-    out.extend((name, v) for v in variants)
+    out.extend((name, arg) for arg in module.ARGS)
   return out
 
 
@@ -120,3 +120,14 @@ def test_experiment_configs_set_every_field_the_demo_departs_in(name, variant, m
   monkeypatch.setattr(config_base, "default_config", poisoned_default)
   _, with_poison = _load(path, variant)
   assert _flat(with_poison) == _flat(normal)
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _ in _experiment_configs()}))
+def test_experiment_configs_start_from_config_base(name, monkeypatch):
+  # The poisoning above reaches a config only through config_base.default_config.
+  def missing():
+    raise LookupError("config_base.default_config was called")
+
+  monkeypatch.setattr(config_base, "default_config", missing)
+  with pytest.raises(LookupError):
+    _load(os.path.join(CONFIGS, name))

@@ -17,9 +17,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 _RUN = textwrap.dedent("""
     import sys
-    sys.path.insert(0, {root!r}); sys.path.insert(0, {root!r} + '/experiments/configs')
+    sys.path.insert(0, {root!r})
     import atent_jax, jax
-    from config_base import default_config
+    from atent_jax.configuration import default_config
     from atent_jax import train
     assert len(jax.devices()) == {devices}, jax.devices()
     c = default_config()

@@ -1,20 +1,74 @@
-"""What the experiment configs share: the library's default config (every key that exists),
-loading a sibling config file, and the clean-baseline rule (configs are files, not a package)."""
+"""What the experiment configs share: the library's default config (every key that exists), the
+parsing of a config argument (`FILE.py:ROW,VARIANT`), loading another config of this package by
+the same `FILE.py:ARG` syntax as the command line, the CIFAR-10 data settings, and the
+clean-baseline rule."""
 
 import importlib.util
 import os
 
-from atent_jax.configuration import default_config  # noqa: F401  (the configs import it here)
+from atent_jax.configuration import default_config  # noqa: F401  (the configs call it from here)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def load(name: str):
-  """get_config() of another config file in this folder (e.g. 'mnist_l2')."""
-  spec = importlib.util.spec_from_file_location(
-      f"atent_config_{name}", os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+def parse_arg(file: str, arg: str | None, **groups: tuple[str, ...]) -> tuple[str, ...]:
+  """The choice of each group (in the order given) that a config argument names.
+
+  `arg` is what follows the colon of `--config=FILE.py:ARG`: comma-separated tokens in any order,
+  at most one of each group; a group the argument does not name takes its first choice, e.g.
+
+    parse_arg("mnist_linf.py", "trades", row=ROWS, variant=("code", "paper"))
+    -> ("trades", "code")
+
+  A token of no group, or a second token of one group, is a one-line ValueError naming the file,
+  the token and the valid choices (the command line prints it as one `error:` line, exit code 2).
+  """
+  picked = {}
+  for token in (t.strip() for t in (arg or "").split(",")):
+    if not token:
+      continue
+    group = next((g for g, choices in groups.items() if token in choices), None)
+    if group is None:
+      raise arg_error(file, arg, f"{token} is not valid", groups)
+    if group in picked:
+      raise arg_error(file, arg, f"{token} is a second {group} (after {picked[group]})", groups)
+    picked[group] = token
+  return tuple(picked.get(group, choices[0]) for group, choices in groups.items())
+
+
+def arg_error(file: str, arg: str | None, reason: str, groups=None) -> ValueError:
+  """The one-line ValueError of a bad config argument; with `groups`, the usage and choices."""
+  usage, names = "", list(groups or ())
+  if len(names) == 1:
+    usage = f": use one of {', '.join(groups[names[0]])} (default {groups[names[0]][0]})"
+  elif names:
+    usage = (": use " + names[0].upper() + "".join(f"[,{n.upper()}]" for n in names[1:]) + ", "
+             + "; ".join(f"{n.upper()} one of {', '.join(groups[n])}" for n in names)
+             + " (each defaults to its first)")
+  return ValueError(f"{file}:{arg or ''}: {reason}{usage}")
+
+
+def load(spec: str):
+  """The config of another file of this folder, named as on the command line without the folder:
+  'mnist_l2.py' (its default) or 'mnist_l2.py:trades'. The file runs afresh on every call."""
+  file, _, arg = spec.partition(":")
+  path = os.path.join(HERE, file)
+  if not file.endswith(".py") or not os.path.isfile(path):
+    raise ValueError(f"{spec}: no config file {file} in {HERE}")
+  module_spec = importlib.util.spec_from_file_location(f"atent_config_{file[:-3]}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg) if arg else module.get_config()
+
+
+def cifar10_base(config):
+  """CIFAR-10 data as the authors' code reads it: [0, 1], crop + flip, no normalisation."""
+  config.data.dataset = "cifar10"
+  config.data.augment = True
+  config.model.num_classes = 10
+  config.model.mean = (0.0, 0.0, 0.0)
+  config.model.std = (1.0, 1.0, 1.0)
+  return config
 
 
 def clean_baseline(config):

@@ -1,8 +1,9 @@
 """The verdict's Table 2 rows at the budget a 2-core CPU allows (reduced scale, said so).
 
 `--config=experiments/configs/verdict_table2.py:ROW`, ROW one of atent_linf, pgd_at, trades,
-mart, sgd. Each row is its Table 2 config (mnist_linf*.py; ATENT in the `code` variant: projection
-every step, noise 1e-4, train-mode sampling) with the same reduced budget for every row:
+mart, sgd. Each row is its Table 2 config (mnist_linf.py:ROW; ATENT in the `code` variant:
+projection every step, noise 1e-4, train-mode sampling) with the same reduced budget for every
+row:
 
 * the 22,699 local MNIST training images (../shared/data/mnist; 1,000 held out for validation);
 * 30 epochs at a constant lr 0.01 (the authors' Table 2 notebook: constant lr, best epoch 23);
@@ -18,17 +19,18 @@ every step, noise 1e-4, train-mode sampling) with the same reduced budget for ev
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from config_base import load  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from experiments.configs import config_base
 
-ROWS = {"atent_linf": "mnist_linf", "pgd_at": "mnist_linf_pgd_at",
-        "trades": "mnist_linf_trades", "mart": "mnist_linf_mart", "sgd": "mnist_linf_sgd"}
+ROWS = {"atent_linf": "mnist_linf.py:atent_linf", "pgd_at": "mnist_linf.py:pgd_at",
+        "trades": "mnist_linf.py:trades", "mart": "mnist_linf.py:mart",
+        "sgd": "mnist_linf.py:sgd"}
+ARGS = tuple(ROWS)  # every config of this file
 
 
-def get_config(row: str = "atent_linf"):
-  if row not in ROWS:
-    raise ValueError(f"verdict_table2.py:{row} is not a row: use one of {', '.join(ROWS)}")
-  config = load(ROWS[row])
+def get_config(arg: str | None = None):
+  (row,) = config_base.parse_arg("verdict_table2.py", arg, row=tuple(ROWS))
+  config = config_base.load(ROWS[row])
   config.data.dir = "../shared/data/mnist"
   config.train.num_epochs = 30
   config.train.lr_decay_epochs = ()

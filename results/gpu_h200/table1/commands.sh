@@ -6,8 +6,8 @@
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 
-# --- SGD (mnist_l2_sgd.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_l2_sgd.py \
+# --- SGD (mnist_l2.py:sgd) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_l2.py:sgd \
     --workdir=runs/gpu/table1/sgd --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False
@@ -15,8 +15,8 @@ PYTHON="${PYTHON:-python}"
     --restarts=10 --num_examples=-1 --batch_size=2000 --seed=0 --which=best --sanity_checks=True \
     --sanity_examples=200 --data_dir=.data/mnist
 
-# --- PGD-AT (mnist_l2_pgd_at.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_l2_pgd_at.py \
+# --- PGD-AT (mnist_l2.py:pgd_at) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_l2.py:pgd_at \
     --workdir=runs/gpu/table1/pgd_at --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False
@@ -24,8 +24,8 @@ PYTHON="${PYTHON:-python}"
     --restarts=10 --num_examples=-1 --batch_size=2000 --seed=0 --which=best --sanity_checks=True \
     --sanity_examples=200 --data_dir=.data/mnist
 
-# --- TRADES (mnist_l2_trades.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_l2_trades.py \
+# --- TRADES (mnist_l2.py:trades) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_l2.py:trades \
     --workdir=runs/gpu/table1/trades --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False

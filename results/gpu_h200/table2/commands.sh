@@ -6,8 +6,8 @@
 set -euo pipefail
 PYTHON="${PYTHON:-python}"
 
-# --- SGD (mnist_linf_sgd.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf_sgd.py \
+# --- SGD (mnist_linf.py:sgd) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf.py:sgd \
     --workdir=runs/gpu/table2/sgd --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False
@@ -15,8 +15,8 @@ PYTHON="${PYTHON:-python}"
     --restarts=10 --num_examples=-1 --batch_size=2000 --seed=0 --which=best --sanity_checks=True \
     --sanity_examples=200 --data_dir=.data/mnist
 
-# --- PGD-AT (mnist_linf_pgd_at.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf_pgd_at.py \
+# --- PGD-AT (mnist_linf.py:pgd_at) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf.py:pgd_at \
     --workdir=runs/gpu/table2/pgd_at --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False
@@ -24,8 +24,8 @@ PYTHON="${PYTHON:-python}"
     --restarts=10 --num_examples=-1 --batch_size=2000 --seed=0 --which=best --sanity_checks=True \
     --sanity_examples=200 --data_dir=.data/mnist
 
-# --- TRADES (mnist_linf_trades.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf_trades.py \
+# --- TRADES (mnist_linf.py:trades) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf.py:trades \
     --workdir=runs/gpu/table2/trades --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False
@@ -33,8 +33,8 @@ PYTHON="${PYTHON:-python}"
     --restarts=10 --num_examples=-1 --batch_size=2000 --seed=0 --which=best --sanity_checks=True \
     --sanity_examples=200 --data_dir=.data/mnist
 
-# --- MART (mnist_linf_mart.py) ---
-"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf_mart.py \
+# --- MART (mnist_linf.py:mart) ---
+"$PYTHON" experiments/main.py --config=experiments/configs/mnist_linf.py:mart \
     --workdir=runs/gpu/table2/mart --config.data.dir=.data/mnist --config.train.num_epochs=5 \
     --config.sampler.num_steps=40 '--config.train.lr_decay_epochs=()' \
     --config.train.progress_bar=False
