@@ -12,7 +12,10 @@
 #       NUM_TEST (default 1000) test images; checkpoints and reports packed into OUTDIR.
 #       Budget it first: H200 figures (session 2) put an exact ATENT K 40 step at 20.8 ms, so
 #       100 epochs of 170 steps = 6 min for ATENT alone (K 80, the notebook's L, doubles it);
-#       AutoAttack on 1,000 images was not yet timed on a GPU (on the CPU FAB-T dominates).
+#       AutoAttack on 1,000 images was not yet timed on a GPU. On the 2-core CPU (one core, 2026-12-01,
+#       FAB now a host loop there) a point that survives every member costs APGD-T 1.7 s, FAB-T 2.9 s
+#       and Square 4.9 s (5,000 queries): about 2 core-hours per 1,000-image MNIST evaluation of a
+#       robust model (results/autoattack_cpu/), so evaluate on the GPU whenever one is lent.
 #
 # Needs jax with CUDA, flax, optax, orbax-checkpoint, chex, ml-collections (wheels in .whl/ are
 # installed to /tmp/site first when present: a machine without a package registry) and the MNIST

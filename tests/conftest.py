@@ -9,10 +9,57 @@ is needed). The trained run is made once per test session (once per xdist worker
 for each test that asks for it, so a test may write into its copy.
 """
 
+import os
 import shutil
+import tempfile
 
+import jax
 import pytest
 from tiny import make_tiny_config
+
+# The test files that take longest (measured, --durations), scheduled first: with
+# `-n 2 --dist loadfile` a long file started last would leave one worker idle at the end.
+LONGEST_FIRST = ("test_notebook.py", "test_parallel.py", "test_multiprocess.py",
+                 "test_faults.py", "test_cifar_train.py", "test_fused.py", "test_reproduce.py",
+                 "test_autoattack_crosscheck.py", "test_train.py", "test_autoattack.py")
+
+
+_OWN_CACHE = []  # the cache folder this process made (removed when the run ends)
+
+
+def pytest_configure(config):
+  # xdist (>= 3.6) would sort the files by their number of tests (--no-loadscope-reorder): keep
+  # LONGEST_FIRST's order instead.
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False
+  _share_a_compilation_cache()
+
+
+def _share_a_compilation_cache():
+  """One JAX compilation cache per test run, shared by the xdist workers and by the scripts
+  that tests start: many tests compile the same tiny-config programs. The first pytest process
+  (xdist's controller, or the only one) makes it; workers and scripts inherit it through the
+  environment, and it is removed at the end of the run, so no state crosses runs. A cache the
+  caller set (JAX_COMPILATION_CACHE_DIR) is used as it is."""
+  if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  path = tempfile.mkdtemp(prefix="atent_jax_test_cache_")
+  _OWN_CACHE.append(path)
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
+
+
+def pytest_unconfigure(config):
+  for path in _OWN_CACHE:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def pytest_collection_modifyitems(session, config, items):
+  rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
 
 
 @pytest.fixture(scope="session")
