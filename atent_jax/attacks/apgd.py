@@ -355,7 +355,6 @@ def _host_loop(logits_fn, settings, x, y, keys, eps, *, num_steps, num_runs, ear
   return prog.finish(c, carry)
 
 
-LOOPS = ("auto", "device", "host")
 
 
 def apgd_with_info(logits_fn, x, y, key, *, norm: str, eps, loss: str = "ce",
@@ -388,13 +387,7 @@ def apgd_with_info(logits_fn, x, y, key, *, norm: str, eps, loss: str = "ce",
   _validate(logits_fn, x, y, norm=norm, eps=eps, loss=loss, num_steps=num_steps,
             num_restarts=num_restarts, num_target_classes=num_target_classes, rho=rho,
             momentum=momentum, eot_iter=eot_iter, stochastic=stochastic)
-  langevin.check_choice("loop", loop, LOOPS)
-  traced = any(isinstance(v, jax.core.Tracer) for v in (x, y, key, eps))
-  if loop == "host" and traced:
-    raise ValueError("loop='host' needs concrete inputs: use loop='device' (or 'auto') under "
-                     "jax.jit")
-  if loop == "auto":
-    loop = "host" if jax.default_backend() == "cpu" and not traced else "device"
+  loop = common.resolve_loop(loop, x, y, key, eps)
   x = jnp.asarray(x)
   y = jnp.asarray(y)
   keys = langevin.per_example_keys(key, x.shape[0])

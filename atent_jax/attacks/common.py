@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from atent_jax import langevin
 from atent_jax.attacks.classic import flat_norm
 
 NORMS = ("linf", "l2")
@@ -187,3 +188,21 @@ class PerModelCache:
     if key not in self.items:
       self.items[key] = build(model)
     return self.items[key]
+
+
+LOOPS = ("auto", "device", "host")
+
+
+def resolve_loop(loop: str, *inputs) -> str:
+  """'host' or 'device' for an attack with a `loop` argument (APGD, FAB): 'auto' is the host
+  loop of jitted steps on the CPU backend (several times faster there than a lax loop whose
+  body holds a convolution's input gradient) when the inputs are concrete, else the device
+  loop; 'host' under jit (traced inputs) is refused."""
+  langevin.check_choice("loop", loop, LOOPS)
+  traced = any(isinstance(v, jax.core.Tracer) for v in inputs)
+  if loop == "host" and traced:
+    raise ValueError("loop='host' needs concrete inputs: use loop='device' (or 'auto') under "
+                     "jax.jit")
+  if loop == "auto":
+    return "host" if jax.default_backend() == "cpu" and not traced else "device"
+  return loop

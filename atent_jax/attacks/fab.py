@@ -253,20 +253,11 @@ def _host_loop(logits_fn, settings, x, y, key, *, num_steps, num_restarts, stop_
   return best_adv, best_dist
 
 
-LOOPS = ("auto", "device", "host")
-
-
 def _fab_search(logits_fn, x, y, key, *, norm, restart_eps, num_steps, num_restarts, targeted,
                 num_target_classes, alpha_max, eta, beta, stop_radius, loop):
   """(adversarial images, their distance, success). Runs (target, restart) pairs in order while
   some attackable example has no adversarial point within stop_radius."""
-  langevin.check_choice("loop", loop, LOOPS)
-  traced = any(isinstance(v, jax.core.Tracer) for v in (x, y, key, restart_eps))
-  if loop == "host" and traced:
-    raise ValueError("loop='host' needs concrete inputs: use loop='device' (or 'auto') under "
-                     "jax.jit")
-  if loop == "auto":
-    loop = "host" if jax.default_backend() == "cpu" and not traced else "device"
+  loop = common.resolve_loop(loop, x, y, key, restart_eps)
   if loop == "host":
     restart_eps = float(restart_eps)  # part of the key of the host loop's compiled stages
   settings = (("norm", norm), ("restart_eps", restart_eps), ("num_restarts", num_restarts),
