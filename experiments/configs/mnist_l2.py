@@ -100,22 +100,9 @@ def get_config(arg: str | None = None):
     raise config_base.arg_error("mnist_l2.py", arg, f"{variant} is a variant of the atent_l2 "
                                 "row only (the baselines start from code)")
   config = atent_l2(variant)
-  config.method = row
   if row in ("pgd_at", "trades", "mma"):
     config.sampler.step_size = 0.25  # the paper's PGD step (the ATENT row samples with 0.125)
-  if row == "pgd_at":
-    config.sampler.random_init = True
-  elif row == "trades":
-    config.trades_beta = 6.0
-  elif row == "mma":
-    config.mma.clean_weight = 1.0 / 3.0
-    config.mma.max_eps = 4.0  # Ding et al.'s MMA-4.0 for MNIST l_2
-  elif row in ("sgd", "entropy_sgd"):
-    config_base.clean_baseline(config)  # early stopping on clean accuracy
-  if row == "entropy_sgd":
-    config.entropy_sgd.num_steps = 5
-    config.entropy_sgd.gamma = 1e-3
-    config.train.learning_rate = 0.1
-    config.train.num_epochs = 50
-    config.train.lr_decay_epochs = ()
-  return config
+  if row == "atent_l2":
+    return config
+  # MMA: Ding et al.'s MMA-4.0 for MNIST l_2.
+  return config_base.baseline_row(config, row, mma_max_eps=4.0)

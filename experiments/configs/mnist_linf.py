@@ -103,22 +103,6 @@ def get_config(arg: str | None = None):
   config = atent_linf(variant)
   if row in ("pgd_at", "trades", "mart", "mma"):
     config.sampler.num_steps = 40  # TRADES' MNIST setting (the ATENT row samples 80)
-  config.method = row
-  if row == "pgd_at":
-    config.sampler.random_init = True
-  elif row == "trades":
-    config.trades_beta = 6.0
-  elif row == "mart":
-    config.mart_beta = 6.0
-  elif row == "mma":
-    config.mma.clean_weight = 1.0 / 3.0
-    config.mma.max_eps = 0.4
-  elif row in ("sgd", "entropy_sgd"):
-    config_base.clean_baseline(config)  # early stopping on clean accuracy
-  if row == "entropy_sgd":
-    config.entropy_sgd.num_steps = 5
-    config.entropy_sgd.gamma = 1e-3
-    config.train.learning_rate = 0.1
-    config.train.num_epochs = 50
-    config.train.lr_decay_epochs = ()
-  return config
+  if row == "atent_linf":
+    return config
+  return config_base.baseline_row(config, row, mma_max_eps=0.4)
