@@ -10,12 +10,15 @@
 
 from __future__ import annotations
 
+import errno
 import re
 import sys
 import warnings
 
 from absl import flags
+from ml_collections import config_flags
 
+from atent_jax.configuration import default_config, flatten_config, nearest_key
 from atent_jax.errors import AtentError, AtentWarning
 
 _OVERRIDE = re.compile(r"^--?(\w+)\.([\w.]+)(?:=(.*))?$")
@@ -52,7 +55,6 @@ def _type_name(value) -> str:
 
 def override_error(argv, config_flag: str = "config", error: BaseException | None = None) -> str:
   """One line naming the bad `--config.<key>=value` override in `argv`, with the nearest key."""
-  from atent_jax.configuration import default_config, flatten_config, nearest_key
   known = flatten_config(default_config())
   for arg in argv[1:]:
     m = _OVERRIDE.match(arg)
@@ -80,7 +82,6 @@ def define_config_file(name: str, default: str, help_string: str) -> None:
   ml_collections parses `--config.<key>` overrides while defining the flag (at import time)
   and raises a multi-line AttributeError/KeyError for an unknown key: we print one line instead.
   """
-  from ml_collections import config_flags
   try:
     config_flags.DEFINE_config_file(name, default, help_string, lock_config=True)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
@@ -135,7 +136,6 @@ def run(main, argv) -> None:
   except KeyboardInterrupt:
     fail("interrupted: rerun the same command to resume from the last checkpoint", 130)
   except OSError as e:
-    import errno
     if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
       fail(f"{e.strerror}: {e.filename or ''} (the last complete checkpoint is kept; free space "
            "or fix permissions, then rerun to resume)", 1)

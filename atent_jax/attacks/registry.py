@@ -6,8 +6,9 @@ display name, its command-line token and whether it is an ensemble. The evaluato
 their column titles from `AttackRecord.title`, and experiments/evaluate.py parses `--attacks`
 with `parse_token`; nothing else lists attacks.
 
-Adding an attack: write `fn(logits_fn, x, y, key, *, eps, [norm,] **options) -> adversarial x`
-in a module of this package, then add one `AttackRecord` to `_RECORDS` below.
+Adding an attack is one module: write `fn(logits_fn, x, y, key, *, eps, [norm,] **options) ->
+adversarial x` and call `register(AttackRecord(...))` (README.md, "Extending", has an example).
+The built-in attacks are registered below the same way.
 
 Command-line tokens (`parse_token`), NAME[@EPS][:key=value]...:
   STEM[N][_NORM]   a record's stem (pgd, cw, fgsm, deepfool, atent, apgd_ce, apgd_t, fab_t,
@@ -151,7 +152,45 @@ def _aa(name, fn, member, display, **kw) -> AttackRecord:
                       cli=name, member=member, **kw)
 
 
-_RECORDS = (
+_BY_NAME: dict[str, AttackRecord] = {}
+_MEMBER_RECORD: dict[str, str] = {}
+# Read-only live views: what `register` adds appears here.
+RECORDS: Mapping[str, AttackRecord] = types.MappingProxyType(_BY_NAME)
+# AutoAttack member name ('apgd-t') -> the record that runs it alone ('apgd_t').
+MEMBER_RECORDS: Mapping[str, str] = types.MappingProxyType(_MEMBER_RECORD)
+
+
+def register(record: AttackRecord) -> AttackRecord:
+  """Adds `record` to the registry: the evaluator, `parse_token` (its `cli` stem) and the report
+  tables then know it. ValueError when its name is taken, its norms are not among NORMS, or its
+  command-line stem already names an attack of one of its norms (a token would be ambiguous)."""
+  if not isinstance(record, AttackRecord):
+    raise ValueError(f"register() takes an AttackRecord, not {type(record).__name__}")
+  if record.name in _BY_NAME:
+    raise ValueError(f"attack {record.name!r} is already registered")
+  if not record.norms or set(record.norms) - set(NORMS):
+    raise ValueError(f"attack {record.name!r}: norms={record.norms!r} is not valid: use some of "
+                     f"{', '.join(map(repr, NORMS))}")
+  for other in _BY_NAME.values():
+    if other.cli == record.cli and set(other.norms) & set(record.norms):
+      raise ValueError(f"attack {record.name!r}: the command-line stem {record.cli!r} is taken "
+                       f"by {other.name!r} for the same norm: choose another cli")
+  _BY_NAME[record.name] = record
+  if record.member:
+    _MEMBER_RECORD[record.member] = record.name
+  return record
+
+
+def unregister(name: str) -> AttackRecord:
+  """Removes a registered attack (e.g. one a test or notebook cell added); returns its record."""
+  record = get(name)
+  del _BY_NAME[name]
+  if record.member:
+    _MEMBER_RECORD.pop(record.member, None)
+  return record
+
+
+for _record in (
     AttackRecord("fgsm", classic.fgsm, NORMS, {"eps": 0.3, "norm": "linf"}, "FGSM", "fgsm",
                  title_suffix="norm", count_steps=lambda kw: 1),
     AttackRecord("pgd_linf", classic.pgd_linf, ("linf",),
@@ -189,12 +228,9 @@ _RECORDS = (
     AttackRecord("autoattack", autoattack, NORMS,
                  {"eps": 0.3, "norm": "linf", "version": "standard", "attacks": None},
                  "AutoAttack", "autoattack", ensemble=True, title_suffix="version"),
-)
-
-RECORDS: Mapping[str, AttackRecord] = types.MappingProxyType({r.name: r for r in _RECORDS})
-# AutoAttack member name ('apgd-t') -> the record that runs it alone ('apgd_t').
-_MEMBER_RECORD = {r.member: r.name for r in _RECORDS if r.member}
-MEMBER_RECORDS: Mapping[str, str] = types.MappingProxyType(_MEMBER_RECORD)
+):
+  register(_record)
+del _record
 
 
 class _FunctionAndDefaults(Mapping):
@@ -246,7 +282,7 @@ def _check_norm(attack: AttackRecord, kwargs: dict) -> None:
     return
   norm = kwargs.pop("norm")
   if norm != attack.norms[0]:
-    siblings = [r.name for r in _RECORDS if r.cli == attack.cli and norm in r.norms]
+    siblings = [r.name for r in RECORDS.values() if r.cli == attack.cli and norm in r.norms]
     fix = f"use attack {siblings[0]!r}" if siblings else f"use norm {attack.norms[0]!r}"
     raise ValueError(f"norm={norm!r} is not supported by attack {attack.name!r} (it is "
                      f"{attack.norms[0]} only): {fix}")
@@ -302,18 +338,18 @@ class RunDefaults:
 
 def _stems() -> list[str]:
   # Longest first, so that a stem that is a prefix of another never shadows it.
-  return sorted({r.cli for r in _RECORDS}, key=len, reverse=True)
+  return sorted({r.cli for r in RECORDS.values()}, key=len, reverse=True)
 
 
 def token_help() -> str:
   """The token forms, derived from the registry (for --help and error messages)."""
   forms = []
-  for stem in sorted({r.cli for r in _RECORDS}):
-    family = [r for r in _RECORDS if r.cli == stem]
+  for stem in sorted({r.cli for r in RECORDS.values()}):
+    family = [r for r in RECORDS.values() if r.cli == stem]
     norms = [n for n in NORMS if any(n in r.norms for r in family)]
     steps = "[N]" if any(r.cli_steps for r in family) else ""
     forms.append(f"{stem}{steps}[_{'|'.join(norms)}]")
-  aliases = [a for r in _RECORDS for a in r.aliases]
+  aliases = [a for r in RECORDS.values() for a in r.aliases]
   return (", ".join(forms) + (", " + ", ".join(aliases) if aliases else "")
           + "; or a registry name: " + ", ".join(RECORDS))
 
@@ -338,7 +374,7 @@ def _parse_value(token: str, key: str, text: str, default):
 
 def _resolve(name: str, run: RunDefaults):
   """(record, steps or None, norm, alias kwargs, follows the run) for a token's name, or None."""
-  for record in _RECORDS:
+  for record in RECORDS.values():
     if name in record.aliases:
       return record, None, record.norm_of({}), dict(record.aliases[name]), record.follows_run
   for stem in _stems():
@@ -346,7 +382,7 @@ def _resolve(name: str, run: RunDefaults):
     m = re.fullmatch(re.escape(stem) + r"(\d+)?(?:_(linf|l\d+))?", name)
     if not m:
       continue
-    family = [r for r in _RECORDS if r.cli == stem]
+    family = [r for r in RECORDS.values() if r.cli == stem]
     norm = m.group(2) or run.norm
     found = [r for r in family if norm in r.norms]
     if not found:
