@@ -41,7 +41,6 @@ One JSON object per line; --reference and --attacks end with a markdown table.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -56,6 +55,7 @@ sys.path.insert(0, _ROOT)
 sys.path.insert(0, _HERE)
 
 import memory_probe
+from absl import flags
 
 # name -> (config.method, extra config overrides). The ATENT rows use Table 2's code settings
 # (projection every sample, noise 1e-4; experiments/configs/mnist_linf.py) at the K asked for;
@@ -475,69 +475,85 @@ def jnp_argmax(logits):
 
 # --- command line -----------------------------------------------------------------------------
 
-def _parse_ks(p, text: str) -> list[int]:
+FLAGS = flags.FLAGS
+flags.DEFINE_list("methods", None, "Rows to time; default: sgd,pgd_at,trades,atent_linf,"
+                  "atent_linf_tol1e-3,atent_l2 (--reference: sgd,pgd_at,atent_linf,"
+                  "atent_linf_tol5e-7).")
+flags.DEFINE_list("K", ["10", "40"], "Numbers of inner steps (samples) to time.")
+flags.DEFINE_integer("batch", 128, "Batch size.")
+flags.DEFINE_integer("repeats", 5, "Timed steps (--reference: rounds).")
+flags.DEFINE_integer("warmup", None, "Untimed steps first; default 2 (--reference: 1).")
+flags.DEFINE_integer("memory_K", 5, "Also measure atent_linf at this K for the memory-growth "
+                     "ratio.")
+flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Backend.")
+flags.DEFINE_bool("reference", False, "JAX and the PyTorch reference, interleaved in this "
+                  "process.")
+flags.DEFINE_integer("torch_threads", 2, "PyTorch's intra-op threads.")
+flags.DEFINE_float("max_spread", 0.25, "--reference: a row whose (max - min) / median exceeds "
+                   "it is unreliable.")
+flags.DEFINE_bool("attacks", False, "Time AutoAttack standard next to PGD-100 on MNIST test "
+                  "images.")
+flags.DEFINE_string("attack_workdir", "", "--attacks: a trained SmallCNN run.")
+flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(_ROOT), "shared", "data", "mnist"),
+                    "--attacks: folder of MNIST IDX files (else the built-in sample).")
+flags.DEFINE_integer("num_examples", 1000, "--attacks: test images.")
+flags.DEFINE_float("attack_eps", 0.3, "--attacks: l_inf radius.")
+flags.DEFINE_integer("attack_batch", 500, "--attacks: examples per attack call.")
+flags.DEFINE_bool("attack_members_on_all_points", False, "--attacks: time each AutoAttack member "
+                  "on every point (upper bound).")
+flags.DEFINE_list("child", None, "Internal: METHOD,K times one row in this process (the default "
+                  "mode runs each row in a fresh subprocess).")
+
+
+def _bad_flag(message: str) -> None:
+  # atent_jax.cli.fail's format (one line, exit 2); importing atent_jax here would start JAX
+  # before --device has chosen its platform.
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _parse_ks(values) -> list[int]:
   try:
-    ks = [int(k) for k in text.split(",")]
+    ks = [int(k) for k in values]
   except ValueError:
-    p.error(f"--K: {text!r} is not a comma-separated list of integers, e.g. 10,40")
-  if min(ks) < 1:
-    p.error(f"--K: {text!r}: every K must be >= 1")
+    _bad_flag(f"--K={','.join(values)} is not a comma-separated list of integers, e.g. 10,40")
+  if not ks or min(ks) < 1:
+    _bad_flag(f"--K={','.join(values)}: every K must be >= 1")
   return ks
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--methods", default=None,
-                 help="default: sgd,pgd_at,trades,atent_linf,atent_linf_tol1e-3,atent_l2 "
-                      "(--reference: sgd,pgd_at,atent_linf,atent_linf_tol5e-7)")
-  p.add_argument("--K", default="10,40")
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=None, help="default: 2 (--reference: 1)")
-  p.add_argument("--memory_K", type=int, default=5,
-                 help="also measure atent_linf at this K for the memory-growth ratio")
-  p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-  p.add_argument("--reference", action="store_true",
-                 help="JAX and the PyTorch reference, interleaved in this process")
-  p.add_argument("--torch_threads", type=int, default=2)
-  p.add_argument("--max_spread", type=float, default=0.25,
-                 help="--reference: a row whose (max - min) / median exceeds it is unreliable")
-  p.add_argument("--attacks", action="store_true",
-                 help="time AutoAttack standard next to PGD-100 on MNIST test images")
-  p.add_argument("--attack_workdir", default="", help="--attacks: a trained SmallCNN run")
-  p.add_argument("--data_dir", default=os.path.join(os.path.dirname(_ROOT), "shared", "data",
-                                                    "mnist"),
-                 help="--attacks: folder of MNIST IDX files (else the built-in sample)")
-  p.add_argument("--num_examples", type=int, default=1000)
-  p.add_argument("--attack_eps", type=float, default=0.3)
-  p.add_argument("--attack_batch", type=int, default=500)
-  p.add_argument("--attack_members_on_all_points", action="store_true",
-                 help="--attacks: time each AutoAttack member on every point (upper bound)")
-  p.add_argument("--_child", nargs=2, help=argparse.SUPPRESS)
-  a = p.parse_args(argv)
+def main(argv) -> None:
+  try:
+    FLAGS(argv)
+  except flags.Error as e:
+    _bad_flag(str(e).splitlines()[0])
+  a = FLAGS
   if a.repeats < 1 or a.batch < 1 or (a.warmup is not None and a.warmup < 0):
-    p.error("--repeats and --batch must be >= 1, --warmup >= 0")
+    _bad_flag("--repeats and --batch must be >= 1, --warmup >= 0")
   if a.reference and a.attacks:
-    p.error("--reference and --attacks: use one at a time")
+    _bad_flag("--reference and --attacks: use one at a time")
   if a.attacks and (a.num_examples < 1 or a.attack_batch < 1 or a.attack_eps <= 0):
-    p.error("--num_examples and --attack_batch must be >= 1, --attack_eps > 0")
+    _bad_flag("--num_examples and --attack_batch must be >= 1, --attack_eps > 0")
   if a.attack_workdir and not os.path.isdir(a.attack_workdir):
-    p.error(f"--attack_workdir: {a.attack_workdir} is not a directory")
-  if a._child:
-    print(json.dumps(run_child(a._child[0], int(a._child[1]), a.batch, a.repeats,
+    _bad_flag(f"--attack_workdir={a.attack_workdir} is not a directory")
+  if a.child:
+    if len(a.child) != 2:
+      _bad_flag(f"--child={','.join(a.child)}: use METHOD,K")
+    print(json.dumps(run_child(a.child[0], int(a.child[1]), a.batch, a.repeats,
                                2 if a.warmup is None else a.warmup)))
     return
   if a.attacks:
     run_attacks(a)
     return
 
-  default_methods = ("sgd,pgd_at,atent_linf,atent_linf_tol5e-7" if a.reference
-                     else "sgd,pgd_at,trades,atent_linf,atent_linf_tol1e-3,atent_l2")
-  methods = (a.methods or default_methods).split(",")
+  default_methods = (["sgd", "pgd_at", "atent_linf", "atent_linf_tol5e-7"] if a.reference
+                     else ["sgd", "pgd_at", "trades", "atent_linf", "atent_linf_tol1e-3",
+                           "atent_l2"])
+  methods = a.methods or default_methods
   for m in methods:
     if m not in VARIANTS:
-      p.error(f"--methods: unknown method {m!r}; use some of {', '.join(VARIANTS)}")
-  ks = _parse_ks(p, a.K)
+      _bad_flag(f"--methods: unknown method {m!r}; use some of {', '.join(VARIANTS)}")
+  ks = _parse_ks(a.K)
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cuda" if a.device == "gpu" else "cpu"
   if a.reference:
@@ -560,7 +576,7 @@ def main(argv=None) -> None:
   results = {}
   common = ["--batch", str(a.batch), "--repeats", str(a.repeats), "--warmup", str(warmup)]
   for m, k in jobs:
-    rec = _in_subprocess(["--_child", m, str(k), *common], env)
+    rec = _in_subprocess([f"--child={m},{k}", *common], env)
     results[(m, k)] = rec
     print(json.dumps(rec), flush=True)
 
@@ -581,4 +597,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv)

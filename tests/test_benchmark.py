@@ -6,6 +6,7 @@ adversarial/functional.py)."""
 import copy
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -118,3 +119,20 @@ def test_reference_rejects_unknown_variant_and_method():
     torch_reference.make_step("atent_linf", 2, 4, variant="fast")
   with pytest.raises(ValueError, match="method"):
     torch_reference.make_step("atent", 2, 4)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--K=10,x"], "error: --K=10,x is not a comma-separated list of integers"),
+    (["--K=0"], "error: --K=0: every K must be >= 1"),
+    (["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
+    (["--reference", "--attacks"], "error: --reference and --attacks: use one at a time"),
+    (["--repeats=0"], "error: --repeats and --batch must be >= 1"),
+    (["--no_such_flag=1"], "error: Unknown command line flag 'no_such_flag'"),
+])
+def test_bad_flags_are_one_line_and_exit_2(args, message):
+  script = os.path.join(os.path.dirname(benchmark.__file__), "benchmark.py")
+  proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stdout == ""
