@@ -1,0 +1,84 @@
+"""Rewrites the status table of results/verdict/README.md from the rows' own files.
+
+Run at the end of a session that trained the verdict's rows (experiments/verdict_train.sh), after
+stopping it, before committing results/verdict:
+
+  python experiments/verdict_status.py --session=2026-12-01
+
+Per row: the epochs done and the step of the last checkpoint (what the next session resumes
+from), then the training loop's per-epoch validation check (clean / PGD-20 %) at a few epochs.
+Rows not started yet are listed as such. The README's text between "Status at the end of" and
+"Machine: the project's" is replaced; the rest is left as it is.
+"""
+
+import json
+import os
+import sys
+
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from atent_jax import cli  # noqa: E402
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASE = os.path.join(_ROOT, "results", "verdict", "table2")
+README = os.path.join(_ROOT, "results", "verdict", "README.md")
+ROWS = {"atent_linf": "l_inf-ATENT (code variant)", "pgd_at": "PGD-AT", "trades": "TRADES",
+        "sgd": "SGD", "mart": "MART"}
+START, END = "Status at the end of", "Machine: the project's"
+
+flags.DEFINE_string("session", None, "The session's date, e.g. 2026-12-01.", required=True)
+flags.DEFINE_integer("columns", 7, "Epochs shown: the last ones reached, up to this many.")
+
+
+def _progress(row: str):
+  """(metrics by epoch, last checkpoint step) of a row; ({}, None) when it has not started."""
+  metrics_path = os.path.join(BASE, row, "metrics.jsonl")
+  if not os.path.exists(metrics_path):
+    return {}, None
+  with open(metrics_path) as f:
+    by_epoch = {m["epoch"]: m for m in map(json.loads, filter(str.strip, f))}
+  ckpt_dir = os.path.join(BASE, row, "checkpoints")
+  steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
+      ckpt_dir) else []
+  return by_epoch, (steps[-1] if steps else None)
+
+
+def status_table(columns: int) -> str:
+  progress = {row: _progress(row) for row in ROWS}
+  reached = sorted({e for by_epoch, _ in progress.values() for e in by_epoch})
+  shown = reached[-columns:]
+  lines = ["| row | epochs done | " + " | ".join(map(str, shown)) + " |",
+           "|---|---:|" + "---|" * len(shown)]
+  for row, label in ROWS.items():
+    by_epoch, step = progress[row]
+    if not by_epoch:
+      lines.append(f"| {label} | 0 (not started) |" + " |" * len(shown))
+      continue
+    cells = [f"{100 * by_epoch[e]['clean_accuracy']:.1f} / "
+             f"{100 * by_epoch[e]['robust_accuracy']:.1f}" if e in by_epoch else ""
+             for e in shown]
+    done = f"{max(by_epoch)} (checkpoint at step {step})" if step is not None else max(by_epoch)
+    lines.append(f"| {label} | {done} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  del argv
+  table = status_table(flags.FLAGS.columns)
+  with open(README) as f:
+    text = f.read()
+  if START not in text or END not in text:
+    cli.fail(f"{README} has no '{START}' ... '{END}' section to replace")
+  i, j = text.index(START), text.index(END)
+  text = text[:i] + (
+      f"{START} the {flags.FLAGS.session} session (validation: 1,000 held-out training images;\n"
+      "PGD-20 step 0.01 one restart, the training loop's per-epoch check), clean / PGD-20 %,\n"
+      "by epoch; **in progress, not a result**:\n\n" + table + "\n\n") + text[j:]
+  with open(README, "w") as f:
+    f.write(text)
+  print(table)
+
+
+if __name__ == "__main__":
+  cli.run(main, sys.argv)
