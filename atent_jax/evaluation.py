@@ -197,9 +197,10 @@ class _Runner:
       out.append(np.asarray(self._logits(self.params, x))[:m])
     return np.concatenate(out)
 
-  def attack(self, attack, kwargs, images, labels, key, on_batch=None):
+  def attack(self, attack, kwargs, images, labels, key, on_batch=None, first_batch=0):
     """(predictions on the attack's points, max perturbation norm, min pixel, max pixel).
-    on_batch(start, predictions) is called after each batch."""
+    Batch i draws the key fold_in(key, first_batch + i); on_batch(start, predictions) is called
+    after each batch."""
     record = registry.get(attack)
     norm = record.norm_of(kwargs)
     cache_key = (attack, tuple(sorted((k, repr(v)) for k, v in kwargs.items())))
@@ -213,7 +214,7 @@ class _Runner:
     run = self._cache[cache_key]
     preds, dist, lo, hi = [], 0.0, np.inf, -np.inf
     for i, m, x, y in self._batches(images, labels):
-      p, d, a, b = run(self.params, x, y, jax.random.fold_in(key, i))
+      p, d, a, b = run(self.params, x, y, jax.random.fold_in(key, first_batch + i))
       preds.append(np.asarray(p)[:m])
       dist = max(dist, float(np.max(np.asarray(d)[:m])))
       lo, hi = min(lo, float(a)), max(hi, float(b))
@@ -243,11 +244,27 @@ class _Runner:
     return np.concatenate(out)
 
 
+_LAST_RUNNER: list = []
+
+
+def _runner(logits_fn, params, batch_size) -> _Runner:
+  """The runner of the previous call when it has the same model, weights and batch size: the
+  chunks of one evaluation then compile each attack once, not once per chunk. Only the most
+  recent one is kept (it holds the weights)."""
+  if _LAST_RUNNER:
+    last = _LAST_RUNNER[0]
+    if last.logits_fn is logits_fn and last.params is params and last.batch_size == batch_size:
+      return last
+  _LAST_RUNNER[:] = [_Runner(logits_fn, params, batch_size)]
+  return _LAST_RUNNER[0]
+
+
 def _bar(show: bool, **kwargs):
   return tqdm(disable=not show, file=sys.stderr, leave=False, dynamic_ncols=True, **kwargs)
 
 
-def _run_classic(runner, spec, images, labels, clean_predictions, key, show_progress):
+def _run_classic(runner, spec, images, labels, clean_predictions, key, show_progress,
+                 first_batch=0):
   """A non-AutoAttack attack batch by batch: (predictions, max perturbation, min, max pixel)."""
   n = len(labels)
   with _bar(show_progress, total=n, desc=spec["name"], unit="img") as bar:
@@ -260,10 +277,11 @@ def _run_classic(runner, spec, images, labels, clean_predictions, key, show_prog
       bar.update(len(preds))
       bar.set_postfix_str(f"still robust {robust_so_far[0]}/{stop}")
 
-    return runner.attack(spec["attack"], spec["kwargs"], images, labels, key, on_batch)
+    return runner.attack(spec["attack"], spec["kwargs"], images, labels, key, on_batch,
+                         first_batch)
 
 
-def _run_autoattack(runner, spec, images, labels, key, show_progress):
+def _run_autoattack(runner, spec, images, labels, key, show_progress, index_offset=0):
   """AutoAttack or one of its members through the AutoAttack runner: (its result, the adversarial
   images)."""
   record = registry.get(spec["attack"])
@@ -282,7 +300,8 @@ def _run_autoattack(runner, spec, images, labels, key, show_progress):
       bar.set_postfix_str(f"{name}: still robust {still_robust}/{len(labels)}")
 
     result = autoattack(runner.bound, images, labels, key, norm=norm, eps=eps,
-                        batch_size=runner.batch_size, progress=progress, **options)
+                        batch_size=runner.batch_size, progress=progress,
+                        index_offset=index_offset, **options)
   return result
 
 
@@ -301,7 +320,7 @@ def _check_inputs(runner, images, labels) -> int:
 def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence, key,
                      batch_size: int = 500, *, params: Any = None, sanity_checks: bool = True,
                      sanity_examples: int = 200, verbose: bool = False, progress: bool = False,
-                     masking_checks: bool = True, indices=None) -> dict:
+                     masking_checks: bool = True, indices=None, offset: int = 0) -> dict:
   """Clean accuracy and robust accuracy under each attack of `attacks_spec`.
 
   Args:
@@ -310,18 +329,25 @@ def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence
     images, labels: the evaluation examples (NHWC in [0, 1]; int labels).
     attacks_spec: items for `normalise_spec`: registry names or dicts
       {'attack': 'pgd_linf', 'name': 'PGD-20', 'eps': 0.3, 'num_steps': 20, ...}.
-    key: PRNG key; attack j, batch i uses fold_in(fold_in(key, j), i); the AutoAttack family
-      shares fold_in(key, AUTOATTACK_KEY).
+    key: PRNG key; attack j, batch i uses fold_in(fold_in(key, j), offset / batch_size + i);
+      the AutoAttack family shares fold_in(key, AUTOATTACK_KEY) (per-example keys from
+      offset + the example's index).
     batch_size: examples per attack call (the last batch is padded).
     sanity_checks: run the checks listed in the module docstring on the first
       `sanity_examples` examples.
     progress: show a progress bar per attack (stderr) with the points still robust.
     masking_checks: compute the gradient-masking flags (on the first `sanity_examples`).
-    indices: the examples' indices in their split (default 0..N-1), stored in 'examples'.
+    indices: the examples' indices in their split (default offset..offset+N-1), stored in
+      'examples'.
+    offset: the position of images[0] in a longer evaluation that this call is a chunk of (a
+      multiple of batch_size): the chunk draws the keys and batches that one call on the whole
+      evaluation gives these examples, so `merge_results` of the chunks (evaluated without
+      checks) followed by `add_checks` equals that call (experiments/evaluate.py --chunk_size).
 
   Returns: {'clean_accuracy', 'num_examples', 'examples', 'attacks': [one dict per attack: name,
     attack, norm, eps, steps, restarts, budget, robust_accuracy, num_examples, robust_examples,
-    max_perturbation, in_ball, in_range, kwargs, seconds; AutoAttack adds members and order],
+    max_perturbation, pixel_range, in_ball, in_range, kwargs, seconds; AutoAttack adds members
+    and order],
     'sanity_checks': {...}, 'gradient_masking': {...}, 'warnings': [...]}.
 
   Raises ValueError naming the argument for an unknown attack, eps <= 0, a norm an attack does
@@ -334,8 +360,16 @@ def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence
   labels = np.asarray(labels, np.int32)
   if len(labels) == 0:
     raise ValueError("no examples to evaluate")
-  runner = _Runner(logits_fn, params, min(batch_size, len(labels)))
+  if (isinstance(offset, bool) or not isinstance(offset, (int, np.integer)) or offset < 0
+      or offset % batch_size):
+    raise ValueError(f"offset={offset!r} is not valid: use a multiple of batch_size="
+                     f"{batch_size} (chunks hold whole batches)")
+  # The batch of the whole evaluation up to this chunk's end: a last chunk shorter than a batch
+  # is padded as the unchunked evaluation pads it (random draws depend on the batch shape).
+  runner = _runner(logits_fn, params, min(batch_size, offset + len(labels)))
   _check_inputs(runner, images, labels)
+  if indices is None:
+    indices = np.arange(offset, offset + len(labels))
   examples = examples_record(labels, indices)
   clean_predictions = runner.predict(images, labels)
   clean_correct = clean_predictions == labels
@@ -349,7 +383,7 @@ def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence
     norm = record.norm_of(kwargs)
     extra = {}
     if record.ensemble or record.member:
-      result = _run_autoattack(runner, spec, images, labels, family_key, progress)
+      result = _run_autoattack(runner, spec, images, labels, family_key, progress, offset)
       preds = runner.predict(result.adv, labels)
       d = flat_norm(np.asarray(result.adv - images), norm)
       dist = float(np.max(np.asarray(d)))
@@ -363,7 +397,8 @@ def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence
              "seconds": result.seconds[m]} for m in result.order]}
     else:
       preds, dist, lo, hi = _run_classic(runner, spec, images, labels, clean_predictions,
-                                         jax.random.fold_in(key, j), progress)
+                                         jax.random.fold_in(key, j), progress,
+                                         offset // runner.batch_size)
     robust = robust_correct(labels, clean_predictions, preds)
     eps = kwargs.get("eps")
     entry = {
@@ -373,18 +408,35 @@ def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence
         "budget": record.budget(kwargs),
         "robust_accuracy": float(robust.mean()), "num_examples": len(labels),
         "robust_examples": encode_mask(robust),
-        "max_perturbation": dist,
-        "in_ball": bool(eps is None or dist <= eps * (1 + 1e-5) + 1e-6),
-        "in_range": bool(lo >= -1e-6 and hi <= 1 + 1e-6),
+        "max_perturbation": dist, "pixel_range": [lo, hi], **_bounds(eps, dist, lo, hi),
         "kwargs": dict(kwargs), **extra, "seconds": time.time() - t0}
-    for flag, text in (("in_ball", f"perturbations up to {dist:.4g} exceed eps {eps}"),
-                       ("in_range", f"points outside [0, 1] ({lo:.4g}, {hi:.4g})")):
-      if not entry[flag]:
-        out["warnings"].append(f"{spec['name']}: {text}")
+    out["warnings"].extend(_bound_warnings(entry))
     out["attacks"].append(entry)
     if verbose:
       print(f"{spec['name']}: robust accuracy {entry['robust_accuracy']:.4f} "
             f"({entry['seconds']:.1f}s)", flush=True)
+  _add_checks(runner, images, labels, clean_predictions, specs, key, out, sanity_checks,
+              sanity_examples, masking_checks)
+  for w in out["warnings"]:
+    warnings.warn(w, stacklevel=2)
+  return out
+
+
+def _bounds(eps, dist, lo, hi) -> dict:
+  return {"in_ball": bool(eps is None or dist <= eps * (1 + 1e-5) + 1e-6),
+          "in_range": bool(lo >= -1e-6 and hi <= 1 + 1e-6)}
+
+
+def _bound_warnings(entry) -> list[str]:
+  (lo, hi), dist = entry["pixel_range"], entry["max_perturbation"]
+  texts = (("in_ball", f"perturbations up to {dist:.4g} exceed eps {entry['eps']}"),
+           ("in_range", f"points outside [0, 1] ({lo:.4g}, {hi:.4g})"))
+  return [f"{entry['name']}: {text}" for flag, text in texts if not entry[flag]]
+
+
+def _add_checks(runner, images, labels, clean_predictions, specs, key, out, sanity_checks,
+                sanity_examples, masking_checks):
+  """Adds the sanity checks and the gradient-masking flags (first sanity_examples) to out."""
   n = min(sanity_examples, len(labels))
   if sanity_checks:
     out["sanity_checks"] = run_sanity_checks(
@@ -396,8 +448,96 @@ def evaluate_attacks(logits_fn: Callable, images, labels, attacks_spec: Sequence
     out["gradient_masking"] = gradient_masking_checks(
         runner, images[:n], labels[:n], out["attacks"], len(labels), out.get("sanity_checks"))
     out["warnings"].extend(out["gradient_masking"]["warnings"])
-  for w in out["warnings"]:
-    warnings.warn(w, stacklevel=2)
+
+
+# --- evaluations in chunks --------------------------------------------------------------------
+
+# What differs from chunk to chunk of one attack's record (the rest must be equal).
+_PER_CHUNK = ("robust_accuracy", "num_examples", "robust_examples", "max_perturbation",
+              "pixel_range", "in_ball", "in_range", "seconds", "members")
+
+
+def merge_results(parts: Sequence[dict], labels) -> dict:
+  """One evaluate_attacks result from those of consecutive chunks of its examples.
+
+  parts: evaluate_attacks results (or their JSON) of the chunks in order, each evaluated with
+    `offset` = its position and without sanity or masking checks; labels: the labels of all
+    the examples. Per-example outcomes are concatenated and the figures recomputed from them,
+    so the result equals one call on all the examples (times aside); `add_checks` then adds the
+    checks. ValueError when the chunks do not follow each other, hold other labels or ran other
+    attacks.
+  """
+  labels = np.asarray(labels, np.int32)
+  if not parts:
+    raise ValueError("no chunks to merge")
+  first = parts[0]["examples"]["indices"]
+  if not isinstance(first, dict):
+    raise ValueError("a chunk's examples are not a contiguous range: chunks are ranges")
+  pos = first["start"]
+  for i, part in enumerate(parts):
+    n = part["num_examples"]
+    have = part["examples"]
+    want = examples_record(labels[pos - first["start"]:pos - first["start"] + n],
+                           np.arange(pos, pos + n))
+    if (have["indices"], have["labels_sha1"]) != (want["indices"], want["labels_sha1"]):
+      raise ValueError(f"chunk {i} holds examples {have['indices']}, labels sha1 "
+                       f"{have['labels_sha1'][:12]}, where examples {want['indices']}, labels "
+                       f"sha1 {want['labels_sha1'][:12]} follow: merge consecutive chunks of "
+                       "the same examples")
+    static = [{k: v for k, v in r.items() if k not in _PER_CHUNK} for r in part["attacks"]]
+    if i == 0:
+      static0 = static
+    elif static != static0:
+      raise ValueError(f"chunk {i} ran other attacks than chunk 0 "
+                       f"({[r['name'] for r in static]} vs {[r['name'] for r in static0]})")
+    pos += n
+  count = pos - first["start"]
+  if count != len(labels):
+    raise ValueError(f"the chunks hold {count} examples and labels {len(labels)}")
+  clean = sum(round(p["clean_accuracy"] * p["num_examples"]) for p in parts)
+  out = {"clean_accuracy": clean / count, "num_examples": count,
+         "examples": examples_record(labels, np.arange(first["start"], pos)), "attacks": [],
+         "warnings": []}
+  for j in range(len(static0)):
+    records = [p["attacks"][j] for p in parts]
+    robust = np.concatenate([robust_mask(r, r["num_examples"]) for r in records])
+    dist = max(r["max_perturbation"] for r in records)
+    lo = min(r["pixel_range"][0] for r in records)
+    hi = max(r["pixel_range"][1] for r in records)
+    entry = dict(records[0])
+    entry.update({"robust_accuracy": float(robust.mean()), "num_examples": count,
+                  "robust_examples": encode_mask(robust), "max_perturbation": dist,
+                  "pixel_range": [lo, hi], **_bounds(entry["eps"], dist, lo, hi),
+                  "seconds": sum(r["seconds"] for r in records)})
+    if "members" in entry:
+      entry["members"] = []
+      for k, member in enumerate(records[0]["members"]):
+        of = [r["members"][k] for r in records]
+        broken = np.concatenate([decode_mask(m["broken_examples"], r["num_examples"])
+                                 for m, r in zip(of, records, strict=True)])
+        entry["members"].append(dict(member, broken=int(broken.sum()),
+                                     broken_examples=encode_mask(broken),
+                                     seconds=sum(m["seconds"] for m in of)))
+    out["warnings"].extend(_bound_warnings(entry))
+    out["attacks"].append(entry)
+  return out
+
+
+def add_checks(logits_fn: Callable, images, labels, attacks_spec: Sequence, key, result: dict,
+               batch_size: int = 500, *, params: Any = None, sanity_checks: bool = True,
+               sanity_examples: int = 200, masking_checks: bool = True) -> dict:
+  """`result` (merge_results' merge of chunks of (images, labels)) with the sanity checks and
+  gradient-masking flags that evaluate_attacks, called on (images, labels) with the same
+  arguments, adds; they run on the first `sanity_examples` examples, with that call's keys."""
+  specs = [normalise_spec(s) for s in attacks_spec]
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int32)
+  runner = _runner(logits_fn, params, min(batch_size, len(labels)))
+  n = min(sanity_examples, len(labels))
+  clean_predictions = runner.predict(images[:n], labels[:n])  # the checks' subset only
+  out = dict(result, warnings=list(result["warnings"]))
+  _add_checks(runner, images, labels, clean_predictions, specs, key, out, sanity_checks,
+              sanity_examples, masking_checks)
   return out
 
 

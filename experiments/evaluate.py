@@ -1,7 +1,8 @@
 """Evaluates a trained run against a set of attacks (the paper's Tables 1-3, and AutoAttack).
 
   python experiments/evaluate.py --workdir=RUN [--attacks=pgd20_linf,cw_linf,autoattack,...] \
-      [--num_examples=N] [--batch_size=500] [--restarts=1] [--eps=...] [--which=best]
+      [--num_examples=N] [--batch_size=500] [--restarts=1] [--eps=...] [--which=best] \
+      [--chunk_size=N [--max_seconds=S]]
 
 Loads the run's model in eval mode (atent_jax.load_run: the best checkpoint, else the latest)
 and a split of its data (default: the whole test set; --split), runs the attacks with
@@ -17,6 +18,18 @@ and writes
                        budgets and times, the sanity checks and the gradient-masking flags
 Two robustness.json files of the same examples compare example by example with
 experiments/compare_robustness.py.
+
+Resumable evaluations in chunks (--chunk_size=C, a multiple of --batch_size): examples
+[0, C), [C, 2C), ... are evaluated one chunk at a time and each chunk's result is written, as
+it finishes (a temporary file renamed), to RUN/robustness_chunks/START-STOP.json. Rerun the same
+command after a kill, or after --max_seconds=S stopped it (after the chunk that crossed S
+seconds; it prints how many chunks remain): the chunks done are read back, not recomputed. When
+every chunk exists, they are merged into robustness.json and robustness.md. Each chunk draws the
+keys and batches that the unchunked evaluation (same --batch_size and --seed) gives its
+examples, and the sanity checks and masking flags run at the merge on the first examples, so
+the merged file equals the unchunked one (times aside). A chunk written with other settings
+(checkpoint, split, seed, batch size, attacks, norm, eps, or other examples) is an error naming
+the field; delete RUN/robustness_chunks to start over.
 
 Attack names (--attacks, comma separated), derived from atent_jax.attacks.registry:
 NAME[@EPS][:key=value]..., e.g. pgd20_linf@0.3:step=0.0375 or square:num_queries=1000.
@@ -37,15 +50,19 @@ eps 2), CW-l_2 and AutoAttack. Radii default to config.eval.eps for attacks of t
 (0.3 l_inf / 2.0 l_2 otherwise); --eps overrides every attack's radius.
 User errors (unknown attack names, eps <= 0, a norm an attack does not support, a model whose
 output is not (batch, classes), a workdir without a checkpoint, a checkpoint of another
-architecture) print one `error:` line and exit with code 2, writing nothing.
+architecture, a chunk of other settings) print one `error:` line and exit with code 2, writing
+nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shlex
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -78,6 +95,14 @@ flags.DEFINE_bool("sanity_checks", True, "Run the sanity checks (monotonicity, u
 flags.DEFINE_integer("sanity_examples", 200, "Examples used by the sanity checks and the "
                      "gradient-masking flags.")
 flags.DEFINE_bool("progress", True, "Show a progress bar per attack (stderr).")
+flags.DEFINE_integer("chunk_size", None, "Evaluate in chunks of N examples (a multiple of "
+                     "--batch_size), each written to RUN/robustness_chunks/ as it finishes; "
+                     "rerunning the same command skips the chunks done (see the docstring).")
+flags.DEFINE_float("max_seconds", None, "With --chunk_size: stop after the chunk that crosses "
+                   "this many seconds, leaving the rest to a rerun of the same command.")
+
+CHUNK_DIR = "robustness_chunks"
+_CHUNK_FILE = re.compile(r"^(\d+)-(\d+)\.json$")
 
 
 def run_defaults(eval_config) -> registry.RunDefaults:
@@ -137,6 +162,147 @@ def report_lines(results: dict) -> list[str]:
   return lines
 
 
+def write_atomically(path: str, text: str) -> None:
+  """A file that is either absent or complete, even when the process is killed mid-write."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def sha1_of(*arrays) -> str:
+  h = hashlib.sha1()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def chunk_settings(specs, variables, split_name) -> dict:
+  """What a chunk's figures depend on besides its examples, in the order fields are compared."""
+  leaves = jax.tree_util.tree_leaves_with_path(variables)
+  weights = hashlib.sha1()
+  for path, leaf in leaves:
+    weights.update(jax.tree_util.keystr(path).encode())
+    weights.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  attacks = []
+  for spec in specs:
+    spec = evaluation.normalise_spec(spec)
+    kwargs = spec["kwargs"]
+    attacks.append({"norm": registry.get(spec["attack"]).norm_of(kwargs),
+                    "eps": kwargs.get("eps"), "attack": spec["attack"], "name": spec["name"],
+                    "kwargs": kwargs})
+  settings = {"checkpoint": {"which": FLAGS.which, "weights_sha1": weights.hexdigest()},
+              "split": split_name, "seed": FLAGS.seed, "batch_size": FLAGS.batch_size,
+              "attacks": attacks}
+  return json.loads(json.dumps(settings, default=str))  # as read back from a chunk file
+
+
+def first_difference(want, have, path=""):
+  """(field path, this command's value, the chunk's value) of the first field that differs, or
+  None. Lists of attacks of another length show their names."""
+  if isinstance(want, dict) and isinstance(have, dict):
+    for k in [*want, *(k for k in have if k not in want)]:
+      sub = f"{path}.{k}" if path else k
+      if k not in want or k not in have:
+        return sub, want.get(k, "(absent)"), have.get(k, "(absent)")
+      found = first_difference(want[k], have[k], sub)
+      if found:
+        return found
+    return None
+  if isinstance(want, list) and isinstance(have, list):
+    if len(want) != len(have):
+      names = lambda xs: [x["name"] if isinstance(x, dict) and "name" in x else x for x in xs]
+      return path, names(want), names(have)
+    for i, (a, b) in enumerate(zip(want, have, strict=True)):
+      found = first_difference(a, b, f"{path}[{i}]")
+      if found:
+        return found
+    return None
+  return None if want == have else (path, want, have)
+
+
+def read_chunk(path: str, settings: dict) -> dict:
+  """A chunk file's result; ConfigError naming the first field that differs from settings."""
+  try:
+    with open(path) as f:
+      chunk = json.load(f)
+    have = chunk["settings"]
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ConfigError(f"{path} is not a readable chunk ({type(e).__name__}: {e}): delete it to "
+                      "evaluate its examples again") from None
+  found = first_difference(settings, have)
+  if found:
+    field, want, got = found
+    raise ConfigError(
+        f"{path} was written with {field}={got!r}, this command has {want!r}: rerun with that "
+        f"chunk's settings, or delete {os.path.dirname(path)} to start the evaluation over")
+  return chunk["result"]
+
+
+def evaluate_in_chunks(apply, variables, images, labels, specs, split_name):
+  """The chunked evaluation of the module docstring: the merged, checked result, or None when
+  --max_seconds stopped it before the last chunk."""
+  t_start = time.time()
+  chunk_dir = os.path.join(FLAGS.workdir, CHUNK_DIR)
+  n, size = len(labels), FLAGS.chunk_size
+  plan = [(a, min(a + size, n)) for a in range(0, n, size)]
+  common = chunk_settings(specs, variables, split_name)
+
+  def settings_of(a, b):
+    return dict(common, examples={"start": a, "stop": b,
+                                  "images_sha1": sha1_of(images[a:b]),
+                                  "labels_sha1": sha1_of(np.asarray(labels[a:b], np.int32))})
+
+  def path_of(a, b):
+    return os.path.join(chunk_dir, f"{a:06d}-{b:06d}.json")
+
+  # Every chunk on disk is checked before anything runs, so a mismatch costs no compute.
+  parts = {(a, b): read_chunk(path_of(a, b), settings_of(a, b)) for a, b in plan
+           if os.path.exists(path_of(a, b))}
+  others = [f for f in (os.listdir(chunk_dir) if os.path.isdir(chunk_dir) else [])
+            if _CHUNK_FILE.match(f) and tuple(map(int, _CHUNK_FILE.match(f).groups())) not in
+            plan]
+  if others:
+    print(f"note: {len(others)} chunk files in {chunk_dir} are not chunks of this command "
+          "(another --chunk_size or --num_examples): ignored", flush=True)
+  print(f"chunks of {size}: {len(parts)} of {len(plan)} done already in {chunk_dir}",
+        flush=True)
+  key = jax.random.PRNGKey(FLAGS.seed)
+  for i, (a, b) in enumerate(plan):
+    if (a, b) in parts:
+      continue
+    t0 = time.time()
+    try:
+      result = evaluation.evaluate_attacks(
+          apply, images[a:b], labels[a:b], specs, key, FLAGS.batch_size, params=variables,
+          sanity_checks=False, masking_checks=False, verbose=True, progress=FLAGS.progress,
+          offset=a)
+    except ValueError as e:  # bad attack arguments, a model output of the wrong shape
+      raise ConfigError(str(e)) from None
+    result = json.loads(json.dumps(result, default=str))
+    os.makedirs(chunk_dir, exist_ok=True)
+    write_atomically(path_of(a, b), json.dumps({"settings": settings_of(a, b),
+                                                "result": result}, indent=1))
+    parts[(a, b)] = result
+    print(f"chunk {i + 1}/{len(plan)} (examples {a}-{b}) written to {path_of(a, b)} "
+          f"({time.time() - t0:.0f} s)", flush=True)
+    left = [c for c in plan if c not in parts]
+    if left and FLAGS.max_seconds is not None and time.time() - t_start >= FLAGS.max_seconds:
+      print(f"stopped: --max_seconds={FLAGS.max_seconds:g} spent; {len(left)} of {len(plan)} "
+            f"chunks remain (examples {left[0][0]}-{n}): rerun the same command to continue",
+            flush=True)
+      return None
+  try:
+    merged = evaluation.merge_results([parts[c] for c in plan], labels)
+    return evaluation.add_checks(
+        apply, images, labels, specs, key, merged, FLAGS.batch_size, params=variables,
+        sanity_checks=FLAGS.sanity_checks, sanity_examples=FLAGS.sanity_examples)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def main(argv):
   del argv  # cli.run has parsed the flags
   if not FLAGS.workdir:
@@ -148,6 +314,14 @@ def main(argv):
     raise ConfigError(f"--num_examples={FLAGS.num_examples} is not valid: use -1 or N >= 1")
   if FLAGS.eps is not None and not FLAGS.eps > 0:
     raise ConfigError(f"--eps={FLAGS.eps} is not valid: use a number > 0")
+  if FLAGS.chunk_size is not None and (FLAGS.chunk_size < 1
+                                       or FLAGS.chunk_size % FLAGS.batch_size):
+    raise ConfigError(f"--chunk_size={FLAGS.chunk_size} is not valid: use a multiple of "
+                      f"--batch_size={FLAGS.batch_size} (chunks hold whole batches, so that "
+                      "they draw the keys of the unchunked evaluation)")
+  if FLAGS.max_seconds is not None and (FLAGS.chunk_size is None or not FLAGS.max_seconds >= 0):
+    raise ConfigError(f"--max_seconds={FLAGS.max_seconds} is not valid: use a number >= 0, "
+                      "with --chunk_size")
   workdir = FLAGS.workdir
   if not os.path.isdir(workdir):
     raise ConfigError(f"--workdir={workdir} does not exist or is not a directory")
@@ -173,28 +347,36 @@ def main(argv):
         f"{split_name} images: "
         f"{', '.join(evaluation.normalise_spec(s)['name'] for s in specs)}",
         flush=True)
-  try:
-    results = evaluation.evaluate_attacks(
-        apply, np.asarray(images), np.asarray(labels), specs, jax.random.PRNGKey(FLAGS.seed),
-        FLAGS.batch_size, params=variables, sanity_checks=FLAGS.sanity_checks,
-        sanity_examples=FLAGS.sanity_examples, verbose=True, progress=FLAGS.progress)
-  except ValueError as e:  # bad attack arguments, a model output of the wrong shape
-    raise ConfigError(str(e)) from None
+  images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int32)
+  if FLAGS.chunk_size is not None:
+    results = evaluate_in_chunks(apply, variables, images, labels, specs, split_name)
+    if results is None:
+      return
+  else:
+    try:
+      results = evaluation.evaluate_attacks(
+          apply, images, labels, specs, jax.random.PRNGKey(FLAGS.seed), FLAGS.batch_size,
+          params=variables, sanity_checks=FLAGS.sanity_checks,
+          sanity_examples=FLAGS.sanity_examples, verbose=True, progress=FLAGS.progress)
+    except ValueError as e:  # bad attack arguments, a model output of the wrong shape
+      raise ConfigError(str(e)) from None
   results.update({"workdir": os.path.abspath(workdir), "method": config.method,
                   "model": config.model.name, "eval_split": split_name,
                   "checkpoint": FLAGS.which, "seed": FLAGS.seed,
                   "command": shlex.join(["python", "experiments/evaluate.py",
                                          *sys.argv[1:]])})
   results["examples"]["split"] = split_name
-  with open(os.path.join(workdir, "robustness.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
+  if FLAGS.chunk_size is not None:
+    results["chunks"] = {"chunk_size": FLAGS.chunk_size,
+                         "dir": os.path.join(os.path.abspath(workdir), CHUNK_DIR)}
+  write_atomically(os.path.join(workdir, "robustness.json"),
+                   json.dumps(results, indent=2, default=str))
   table = evaluation.markdown_table([(config.method, results)])
   lines = [f"# Robustness of {os.path.basename(os.path.abspath(workdir))}", "",
            (f"Robust accuracy (%) on {len(labels)} {split_name} images "
             f"({dataset.source}); model {config.model.name}, eval mode."), "", table]
   lines += report_lines(results)
-  with open(os.path.join(workdir, "robustness.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  write_atomically(os.path.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
   print(table, flush=True)
   if "gradient_masking" in results:
     print(evaluation.masking_summary(results["gradient_masking"]), flush=True)

@@ -219,14 +219,14 @@ def autoattack(logits_fn, x, y, key, *, norm: str, eps, version: str = "standard
                progress: Callable[[str, int], None] | None = None,
                attacks: Sequence[str] | None = None,
                attack_kwargs: Mapping[str, Mapping] | None = None,
-               stochastic: bool = False) -> AutoAttackResult:
+               stochastic: bool = False, index_offset: int = 0) -> AutoAttackResult:
   """Runs AutoAttack on (x, y); see the module docstring.
 
   Args:
     logits_fn: `logits_fn(x) -> logits` (B, num_classes) of the model in eval mode (with
       stochastic=True, `logits_fn(x, key)`).
     x: images (B, H, W, C) in [0, 1]; y: integer labels (B,).
-    key: PRNG key; member m, example i use fold_in(fold_in(key, crc32(m)), i).
+    key: PRNG key; member m, example i use fold_in(fold_in(key, crc32(m)), index_offset + i).
     norm: 'linf' or 'l2'; eps: the radius (> 0).
     version: 'standard', 'plus' or 'rand'.
     batch_size: examples per attack call (default: all of them, at most 500).
@@ -239,6 +239,9 @@ def autoattack(logits_fn, x, y, key, *, norm: str, eps, version: str = "standard
     attack_kwargs: optional {member name: {keyword: value}} overriding a member's settings
       (e.g. {'square': {'num_queries': 1000}} for a reduced-scale run).
     stochastic: the model is randomized (version 'rand' only).
+    index_offset: the position of x[0] in a larger set that x is a chunk of: example i draws
+      the keys of example index_offset + i, so chunks evaluated one by one give the outcomes of
+      one call on the whole set.
 
   Returns: AutoAttackResult. Raises ValueError for an unknown version, eps <= 0, an unsupported
   norm, or a logits_fn whose output is not (B, num_classes).
@@ -246,6 +249,9 @@ def autoattack(logits_fn, x, y, key, *, norm: str, eps, version: str = "standard
   num_classes = _validate(logits_fn, x, y, norm=norm, eps=eps, version=version,
                           batch_size=batch_size, progress=progress, attacks=attacks,
                           attack_kwargs=attack_kwargs, stochastic=stochastic)
+  if isinstance(index_offset, bool) or not isinstance(index_offset, (int, np.integer)) or (
+      index_offset < 0):
+    raise ValueError(f"index_offset={index_offset!r} is not valid: use an integer >= 0")
   x = np.asarray(x, np.float32)
   y = np.asarray(y, np.int32)
   n = len(y)
@@ -269,7 +275,7 @@ def autoattack(logits_fn, x, y, key, *, norm: str, eps, version: str = "standard
   clean_key = jax.random.fold_in(key, 0x7FFFFFFF)
   clean_pred = np.zeros(n, np.int32)
   for m, idx in batches(np.arange(n)):
-    xb, kb = put(x[idx], _example_keys(clean_key, idx))
+    xb, kb = put(x[idx], _example_keys(clean_key, idx + index_offset))
     predict = _COMPILED.get(logits_fn, ("clean", stochastic),
                             functools.partial(_predict_fn, stochastic=stochastic))
     pred = predict(xb, kb)
@@ -298,7 +304,7 @@ def autoattack(logits_fn, x, y, key, *, norm: str, eps, version: str = "standard
     broke = np.zeros(n, bool)
     member_key = jax.random.fold_in(key, zlib.crc32(name.encode()) & 0x7FFFFFFF)
     for m, idx in batches(np.flatnonzero(robust)):
-      xb, yb, kb = put(x[idx], y[idx], _example_keys(member_key, idx))
+      xb, yb, kb = put(x[idx], y[idx], _example_keys(member_key, idx + index_offset))
       xa, fooled = run(xb, yb, kb)
       fooled = np.asarray(fooled)[:m]
       hit = idx[:m][fooled]
