@@ -110,19 +110,33 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
 _default_show = warnings.showwarning
 
 
+def _unknown_flag_hint(msg: str) -> str:
+  """absl's unknown-flag message, with the command's own flags when absl has no close match."""
+  if not msg.startswith("Unknown command line flag") or "Did you mean" in msg:
+    return msg
+  # Flags defined by the script run (absl files them under sys.argv[0]; define_config_file's
+  # under this module), not by libraries.
+  own = sorted(f.name for module in (sys.argv[0], __name__)
+               for f in flags.FLAGS.get_key_flags_for_module(module))
+  return f"{msg}: use one of --{', --'.join(own)}" if own else msg
+
+
 def run(main, argv) -> None:
-  """Parses flags (config overrides included) and runs main; user errors exit with code 2."""
+  """Parses flags (config overrides included) and runs main; user errors exit with code 2.
+
+  main gets argv[0] and the positional arguments, as absl's app.run passes them."""
   warnings.showwarning = _show_warning
   try:
-    flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
   except flags.Error as e:
-    msg = _one_line(e)
+    # Not _one_line: absl's messages are not quoted, but may end with a quoted value ('abc').
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     if "Error whilst parsing config file" in str(e):
       # ml-collections wraps get_config(arg)'s error in a traceback: its last line is the reason.
       path = re.match(r"flag --(\w+=\S+?):? Error", msg)
       fail(f"--{path.group(1) if path else 'config'}: {_last_line(e)}")
     m = re.match(r"flag --(\w+)\.([\w.]+)=", msg)
-    fail(override_error(argv, m.group(1), e) if m else msg)
+    fail(override_error(argv, m.group(1), e) if m else _unknown_flag_hint(msg))
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # ml-collections raises these for unknown keys / wrong types in --config.* overrides.
     fail(override_error(argv, "config", e))

@@ -34,7 +34,7 @@ def _load(path: str) -> dict:
 
 
 def main(argv):
-  paths = [a for a in argv[1:] if not a.startswith("-")]  # cli.run passes the raw argv
+  paths = argv[1:]  # cli.run passes the positional arguments only
   if len(paths) != 2:
     raise ConfigError("pass two robustness.json files: compare_robustness.py A.json B.json")
   try:

@@ -17,13 +17,16 @@ its clean and PGD-20 robust accuracy on held-out points.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from absl import flags
+
+from atent_jax import cli
 
 # The curves are drawn by the library (a run draws its own at its end); re-exported here for
 # the `curves` command and experiments/reproduce.py.
@@ -170,41 +173,79 @@ def toy_figure(out: str, *, eps: float = 0.06, steps: int = 600, n_train: int = 
   return summary
 
 
-def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  sub = parser.add_subparsers(dest="command", required=True)
-  c = sub.add_parser("curves", help="training curves of runs (Figure 2 analogue)")
-  c.add_argument("--workdirs", required=True, help="comma-separated workdirs")
-  c.add_argument("--labels", default="", help="comma-separated labels (default: folder names)")
-  c.add_argument("--out", required=True, help="output PNG")
-  c.add_argument("--title", default=None)
-  t = sub.add_parser("toy", help="toy decision boundaries (Figure 1 analogue)")
-  t.add_argument("--out", required=True, help="output PNG")
-  t.add_argument("--eps", type=float, default=0.06)
-  t.add_argument("--steps", type=int, default=600, help="training steps per method")
-  t.add_argument("--grid", type=int, default=150)
-  args = parser.parse_args(argv)
-  if args.command == "curves":
-    dirs = [w for w in args.workdirs.split(",") if w]
-    labels = [label for label in args.labels.split(",") if label] or None
+# --- command line -----------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+# The flags each command takes besides --out.
+COMMAND_FLAGS = {"curves": ("workdirs", "labels", "title"), "toy": ("eps", "steps", "grid")}
+
+
+def define_flags() -> None:
+  """Called only when run as a script: reproduce.py and the tests import this module, and its
+  flags (--out) would clash with theirs."""
+  flags.DEFINE_string("out", None, "Output image (required), e.g. results/figure1_toy.png.")
+  flags.DEFINE_list("workdirs", None, "curves: runs (or results folders), comma-separated.")
+  flags.DEFINE_list("labels", None, "curves: one label per workdir (default: folder names).")
+  flags.DEFINE_string("title", None, "curves: figure title.")
+  flags.DEFINE_float("eps", 0.06, "toy: l_inf radius of training and attack, in (0, 0.5).")
+  flags.DEFINE_integer("steps", 600, "toy: training steps per method.")
+  flags.DEFINE_integer("grid", 150, "toy: grid points per side of the boundary plot.")
+
+
+def _check_flags(argv) -> str:
+  """The command; every user error is one line before anything is computed or written."""
+  commands = " or ".join(COMMAND_FLAGS)
+  if len(argv) < 2:
+    cli.fail(f"give a command first: {commands}, e.g. figures.py toy --out=toy.png")
+  command = argv[1]
+  if command not in COMMAND_FLAGS:
+    cli.fail(f"unknown command {command!r}: use {commands}")
+  if len(argv) > 2:
+    cli.fail(f"unexpected arguments after {command}: {' '.join(argv[2:])} (flags are "
+             "--name=value)")
+  for other, names in COMMAND_FLAGS.items():
+    for name in names:
+      if other != command and FLAGS[name].present:
+        cli.fail(f"--{name} is a flag of `{other}`, not of `{command}`: drop it")
+  if not FLAGS.out:
+    cli.fail("--out is required: the image to write, e.g. --out=results/figure1_toy.png")
+  if os.path.isdir(FLAGS.out):
+    cli.fail(f"--out={FLAGS.out} is a folder: give a file name, e.g. --out={FLAGS.out}/fig.png")
+  from matplotlib.backend_bases import FigureCanvasBase  # pylint: disable=import-outside-toplevel
+  formats = FigureCanvasBase.get_supported_filetypes()
+  ext = os.path.splitext(FLAGS.out)[1][1:].lower()
+  if ext and ext not in formats:  # else matplotlib fails only after the figure is computed
+    cli.fail(f"--out={FLAGS.out}: matplotlib cannot write .{ext}; use one of "
+             f".{', .'.join(formats)}")
+  if command == "curves" and not [w for w in FLAGS.workdirs or [] if w]:
+    cli.fail("--workdirs is required: comma-separated runs, e.g. --workdirs=runs/sgd,runs/atent")
+  if command == "toy":
+    if not 0 < FLAGS.eps < 0.5:
+      cli.fail(f"--eps={FLAGS.eps:g} must be in (0, 0.5), e.g. --eps=0.06")
+    if FLAGS.steps < 1:
+      cli.fail(f"--steps={FLAGS.steps} must be >= 1, e.g. --steps=600")
+    if FLAGS.grid < 2:
+      cli.fail(f"--grid={FLAGS.grid} must be >= 2, e.g. --grid=150")
+  return command
+
+
+def main(argv):
+  if _check_flags(argv) == "curves":
+    dirs = [w for w in FLAGS.workdirs if w]
+    labels = [label for label in FLAGS.labels or [] if label] or None
     try:
-      training_curves(dirs, args.out, labels, args.title)
+      training_curves(dirs, FLAGS.out, labels, FLAGS.title)
     except (FileNotFoundError, ValueError) as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
-    print(f"wrote {args.out}")
+      cli.fail(str(e))
+    print(f"wrote {FLAGS.out}")
   else:
-    if not 0 < args.eps < 0.5 or args.steps < 1 or args.grid < 2:
-      print("error: --eps must be in (0, 0.5), --steps >= 1, --grid >= 2", file=sys.stderr)
-      return 2
-    import atent_jax  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-    summary = toy_figure(args.out, eps=args.eps, steps=args.steps, grid=args.grid)
+    summary = toy_figure(FLAGS.out, eps=FLAGS.eps, steps=FLAGS.steps, grid=FLAGS.grid)
     for m, s in summary.items():
       print(f"{m}: clean {100 * s['clean_accuracy']:.1f}%, robust "
             f"{100 * s['robust_accuracy']:.1f}% ({s['seconds']:.1f}s)")
-    print(f"wrote {args.out}")
-  return 0
+    print(f"wrote {FLAGS.out}")
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  define_flags()
+  cli.run(main, sys.argv)

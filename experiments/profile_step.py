@@ -13,8 +13,8 @@ This is the profile behind the performance notes of results/benchmark_cpu/README
 
 from __future__ import annotations
 
-import argparse
 import functools
+import importlib.util
 import json
 import os
 import statistics
@@ -23,7 +23,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from absl import flags  # noqa: E402
+
 import atent_jax  # noqa: E402,F401  (first: sets the CPU XLA flags)
+from atent_jax import cli  # noqa: E402
 
 # SmallCNN's convs at MNIST shapes: (name, input H=W, in channels, out channels), 3x3 VALID.
 CONVS = (("conv1", 28, 1, 32), ("conv2", 26, 32, 32), ("conv3", 12, 32, 64),
@@ -149,19 +152,34 @@ def torch_all(batch, repeats, threads=2):
   return out
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=20)
-  p.add_argument("--torch", action="store_true", help="also time PyTorch (CPU, 2 threads)")
-  a = p.parse_args(argv)
-  rows = jax_layers(a.batch, a.repeats) + jax_model(a.batch, a.repeats)
-  if a.torch:
-    rows += torch_all(a.batch, a.repeats)
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Called only when run as a script, so that importing this module registers no flags."""
+  flags.DEFINE_integer("batch", 128, "Batch size.")
+  flags.DEFINE_integer("repeats", 20, "Timed calls per row (median), after 2 warm-up calls.")
+  flags.DEFINE_bool("torch", False, "Also time PyTorch (CPU, 2 threads).")
+
+
+def main(argv):
+  if len(argv) > 1:
+    cli.fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)")
+  if FLAGS.batch < 1:
+    cli.fail(f"--batch={FLAGS.batch} must be >= 1, e.g. --batch=128")
+  if FLAGS.repeats < 1:
+    cli.fail(f"--repeats={FLAGS.repeats} must be >= 1, e.g. --repeats=20")
+  if FLAGS.torch and importlib.util.find_spec("torch") is None:
+    # Checked first: the JAX rows take minutes before the PyTorch ones would fail.
+    cli.fail("--torch needs PyTorch: pip install torch, or drop --torch")
+  rows = jax_layers(FLAGS.batch, FLAGS.repeats) + jax_model(FLAGS.batch, FLAGS.repeats)
+  if FLAGS.torch:
+    rows += torch_all(FLAGS.batch, FLAGS.repeats)
   for r in rows:
-    r["batch"] = a.batch
+    r["batch"] = FLAGS.batch
     print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  cli.run(main, sys.argv)

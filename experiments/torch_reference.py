@@ -53,7 +53,6 @@ PyTorch, interleaved in one process, use `experiments/benchmark.py --reference`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -69,6 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import memory_probe
 import torch
 import torch.nn.functional as F
+from absl import flags
 from torch import nn
 
 METHODS = ("sgd", "pgd_at", "trades", "atent_linf", "atent_l2")
@@ -363,46 +363,91 @@ def peak_memory_mb(method: str, K: int, batch: int = 128, variant: str = "author
   Returns {"peak_rss_delta_mb", "peak_rss_mb", "measured_with"}.
   """
   out = subprocess.run(
-      [sys.executable, os.path.abspath(__file__), "--_memory-child", method, str(K), str(batch),
-       variant],
+      [sys.executable, os.path.abspath(__file__), f"--memory_child={method},{K},{batch},{variant}"],
       check=True, capture_output=True, text=True)
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--methods", default=",".join(METHODS))
-  p.add_argument("--variants", default=",".join(VARIANTS), help="ATENT variants to time")
-  p.add_argument("--K", default="10,40", help="comma-separated inner-step counts")
-  p.add_argument("--batch", type=int, default=128)
-  p.add_argument("--repeats", type=int, default=5)
-  p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--threads", type=int, default=2,
-                 help="torch threads (2; on a machine shared with other jobs 2 threads can be "
-                      "several times slower than 1 because of OpenMP waits on descheduled "
-                      "threads)")
-  p.add_argument("--memory", action="store_true", help="also measure peak RSS (subprocess)")
-  p.add_argument("--_memory-child", nargs=4, help=argparse.SUPPRESS)
-  a = p.parse_args(argv)
-  if a._memory_child:
-    m, k, b, v = a._memory_child
+# --- command line -----------------------------------------------------------------------------
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Called only when run as a script: benchmark.py and the tests import this module, and its
+  flags (--methods, --K, --batch, ...) would clash with benchmark.py's."""
+  flags.DEFINE_list("methods", list(METHODS), "Methods to time.")
+  flags.DEFINE_list("variants", list(VARIANTS), "ATENT variants to time.")
+  flags.DEFINE_list("K", ["10", "40"], "Numbers of inner steps (samples) to time.")
+  flags.DEFINE_integer("batch", 128, "Batch size.")
+  flags.DEFINE_integer("repeats", 5, "Timed steps.")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
+  flags.DEFINE_integer("threads", 2, "Torch threads (on a machine shared with other jobs 2 "
+                       "threads can be several times slower than 1: OpenMP waits on "
+                       "descheduled threads).")
+  flags.DEFINE_bool("memory", False, "Also measure peak RSS (one subprocess per row).")
+  flags.DEFINE_list("memory_child", None, "Internal: METHOD,K,BATCH,VARIANT measures one "
+                    "step's peak RSS in this process (what --memory runs in a subprocess).")
+
+
+def _bad_flag(message: str) -> None:
+  # atent_jax.cli.fail's format (one line, exit 2); atent_jax is not imported: it imports JAX.
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def _ints(name: str, values, minimum: int, example: str) -> list[int]:
+  try:
+    ints = [int(v) for v in values]
+  except ValueError:
+    _bad_flag(f"--{name}={','.join(values)} is not a comma-separated list of integers, "
+              f"e.g. --{name}={example}")
+  if not ints or min(ints) < minimum:
+    _bad_flag(f"--{name}={','.join(values)}: every value must be >= {minimum}, "
+              f"e.g. --{name}={example}")
+  return ints
+
+
+def _check_names(flag: str, kind: str, values, known) -> None:
+  if not values:
+    _bad_flag(f"--{flag} is empty: use some of {','.join(known)}")
+  for v in values:
+    if v not in known:
+      _bad_flag(f"--{flag}: unknown {kind} {v!r}; use some of {','.join(known)}")
+
+
+def main(argv) -> None:
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    msg = str(e).strip().splitlines()[0]
+    if msg.startswith("Unknown command line flag") and "Did you mean" not in msg:
+      own = sorted(f.name for f in FLAGS.get_key_flags_for_module(argv[0]))
+      msg += f": use one of --{', --'.join(own)}"
+    _bad_flag(msg)
+  a = FLAGS
+  if len(rest) > 1:
+    _bad_flag(f"unexpected arguments: {' '.join(rest[1:])} (flags are --name=value)")
+  if a.memory_child:
+    if len(a.memory_child) != 4:
+      _bad_flag(f"--memory_child={','.join(a.memory_child)}: use METHOD,K,BATCH,VARIANT")
+    m, k, b, v = a.memory_child
+    _check_names("memory_child", "method", [m], METHODS)
+    _check_names("memory_child", "variant", [v], VARIANTS)
+    if not (k.isdigit() and b.isdigit() and int(b) >= 1):
+      _bad_flag(f"--memory_child={','.join(a.memory_child)}: K >= 0 and BATCH >= 1 are "
+                "integers, e.g. --memory_child=atent_linf,10,128,authors")
     _memory_child(m, int(k), int(b), v)
     return
-  methods, variants = a.methods.split(","), a.variants.split(",")
-  for m in methods:
-    if m not in METHODS:
-      p.error(f"--methods: unknown method {m!r}; use some of {', '.join(METHODS)}")
-  for v in variants:
-    if v not in VARIANTS:
-      p.error(f"--variants: unknown variant {v!r}; use some of {', '.join(VARIANTS)}")
-  try:
-    ks = [int(k) for k in a.K.split(",")]
-  except ValueError:
-    p.error(f"--K: {a.K!r} is not a comma-separated list of integers, e.g. 10,40")
-  if min(ks) < 1 or a.repeats < 1 or a.warmup < 0 or a.batch < 1:
-    p.error("--K, --repeats and --batch must be >= 1 and --warmup >= 0")
-  for method in methods:
-    for variant in (variants if method.startswith("atent") else ["-"]):
+  _check_names("methods", "method", a.methods, METHODS)
+  _check_names("variants", "variant", a.variants, VARIANTS)
+  ks = _ints("K", a.K, 1, "10,40")
+  for name, minimum, example in (("batch", 1, 128), ("repeats", 1, 5), ("warmup", 0, 2),
+                                 ("threads", 1, 2)):
+    if a[name].value < minimum:
+      _bad_flag(f"--{name}={a[name].value} must be >= {minimum}, e.g. --{name}={example}")
+  for method in a.methods:
+    for variant in (a.variants if method.startswith("atent") else ["-"]):
       for K in ([0] if method == "sgd" else ks):
         t = time_step(method, K, a.batch, a.repeats, a.warmup, threads=a.threads,
                       variant=variant if variant != "-" else "authors")
@@ -416,4 +461,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  define_flags()
+  main(sys.argv)

@@ -136,3 +136,18 @@ def test_bad_flags_are_one_line_and_exit_2(args, message):
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
   assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
+    (["--K", "10,x"], "error: --K=10,x is not a comma-separated list of integers"),
+    (["--memory_child=sgd,1"], "error: --memory_child=sgd,1: use METHOD,K,BATCH,VARIANT"),
+    (["--_memory-child"], "error: Unknown command line flag '_memory-child'"),
+])
+def test_torch_reference_bad_flags_are_one_line_and_exit_2(args, message):
+  script = os.path.join(os.path.dirname(torch_reference.__file__), "torch_reference.py")
+  proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 2, proc.stderr
+  assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+  assert proc.stdout == ""

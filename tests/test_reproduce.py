@@ -134,6 +134,22 @@ def test_figures_curves_and_toy(reproduced, tmp_path):
   assert os.path.getsize(tmp_path / "toy.png") > 1000
 
 
+@pytest.mark.parametrize("args,message", [
+    ([], "error: give a command first: curves or toy"),
+    (["curves", "--workdirs=runs/a", "--eps=0.1"], "error: --eps is a flag of `toy`"),
+    (["toy", "--eps", "0.7"], "error: --eps=0.7 must be in (0, 0.5)"),
+])
+def test_figures_bad_flags_are_one_line_exit_2(tmp_path, args, message):
+  # Caught before any figure is computed: a few seconds (the import of atent_jax).
+  out = tmp_path / "fig.png"
+  res = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "figures.py"), *args,
+                        f"--out={out}"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, check=False)
+  assert res.returncode == 2, res.stderr
+  assert res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr
+  assert res.stdout == "" and os.listdir(tmp_path) == []
+
+
 def test_report_only_rewrites_the_reports_and_runs_nothing(reproduced):
   out, work, _ = reproduced
   os.remove(os.path.join(out, "README.md"))
