@@ -121,11 +121,27 @@ def _unknown_flag_hint(msg: str) -> str:
   return f"{msg}: use one of --{', --'.join(own)}" if own else msg
 
 
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "-?")
+
+
+def exit_if_help(argv, doc: str | None = None) -> None:
+  """With a help flag in argv: the script's docstring and its flags on stdout, exit code 0."""
+  if not any(arg in HELP_FLAGS for arg in argv[1:]):
+    return
+  if doc is None:
+    doc = getattr(sys.modules.get("__main__"), "__doc__", None)
+  if doc:
+    print(doc.strip() + "\n")
+  print(flags.FLAGS.main_module_help() if "--helpfull" not in argv else flags.FLAGS)
+  sys.exit(0)
+
+
 def run(main, argv) -> None:
   """Parses flags (config overrides included) and runs main; user errors exit with code 2.
 
   main gets argv[0] and the positional arguments, as absl's app.run passes them."""
   warnings.showwarning = _show_warning
+  exit_if_help(argv)
   try:
     argv = flags.FLAGS(argv)
   except flags.Error as e:

@@ -522,7 +522,16 @@ def _parse_ks(values) -> list[int]:
   return ks
 
 
+def _exit_if_help(argv) -> None:
+  # atent_jax.cli.exit_if_help's behaviour, without importing JAX (see _bad_flag).
+  if any(arg in ("-h", "--help", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
+    print(__doc__.strip() + "\n")
+    print(FLAGS.main_module_help())
+    sys.exit(0)
+
+
 def main(argv) -> None:
+  _exit_if_help(argv)
   try:
     FLAGS(argv)
   except flags.Error as e:

@@ -416,7 +416,16 @@ def _check_names(flag: str, kind: str, values, known) -> None:
       _bad_flag(f"--{flag}: unknown {kind} {v!r}; use some of {','.join(known)}")
 
 
+def _exit_if_help(argv) -> None:
+  # atent_jax.cli.exit_if_help's behaviour, without importing JAX (see _bad_flag).
+  if any(arg in ("-h", "--help", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
+    print(__doc__.strip() + "\n")
+    print(FLAGS.main_module_help())
+    sys.exit(0)
+
+
 def main(argv) -> None:
+  _exit_if_help(argv)
   try:
     rest = FLAGS(argv)
   except flags.Error as e:

@@ -151,3 +151,13 @@ def test_torch_reference_bad_flags_are_one_line_and_exit_2(args, message):
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
   assert proc.stdout == ""
+
+
+@pytest.mark.parametrize("script,flag", [("benchmark.py", "--reference"),
+                                         ("torch_reference.py", "--memory")])
+def test_help_prints_the_flags_and_exits_0(script, flag):
+  path = os.path.join(os.path.dirname(benchmark.__file__), script)
+  proc = subprocess.run([sys.executable, path, "--help"], capture_output=True, text=True,
+                        timeout=120, check=False)
+  assert proc.returncode == 0, proc.stderr
+  assert flag in proc.stdout

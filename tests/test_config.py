@@ -435,3 +435,12 @@ def test_bad_config_argument_on_the_command_line(tmp_path, spec, words):
   assert f"{spec}: " in lines[0] and words in lines[0], lines[0]
   assert "Traceback" not in proc.stderr and not proc.stdout.strip()
   assert os.listdir(tmp_path) == []
+
+
+def test_cli_help_prints_the_flags_and_exits_0(tmp_path):
+  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "main.py"),
+                           "--help"], capture_output=True, text=True, cwd=str(tmp_path),
+                          timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert "--config" in result.stdout and "--workdir" in result.stdout
+  assert os.listdir(tmp_path) == []
