@@ -2,8 +2,10 @@
 evaluate_attacks call, and experiments/evaluate.py --chunk_size resumes, stops on a time budget
 and refuses chunks of other settings."""
 
+import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import numpy as np
 import pytest
 
 from atent_jax import evaluation
+from atent_jax.errors import ConfigError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -175,11 +178,11 @@ def test_chunked_cli_stops_on_its_budget_and_resumes_without_recomputing(chunked
   assert all(r["seconds"] > 1000 for r in chunked_runs["chunked"]["attacks"])
 
 
+# End to end for one attack setting and the checkpoint; the other fields go through the same
+# comparison (test_a_chunk_names_the_first_field_that_differs).
 @pytest.mark.parametrize("change,field", [
     (("--attacks=pgd3_linf@0.1,fgsm_linf@0.05,square@0.05:num_queries=20",),
      "attacks[0].eps=0.05, this command has 0.1"),
-    (("--attacks=pgd3_l2@0.05,fgsm_linf@0.05,square@0.05:num_queries=20",), "attacks[0].norm"),
-    (("--attacks=pgd3_linf@0.05,fgsm_linf@0.05",), "attacks="),
     (("--which=latest",), "checkpoint.which"),
 ])
 def test_chunk_of_other_settings_exits_2_writing_nothing(chunked_runs, tiny_run, change, field):
@@ -196,3 +199,21 @@ def test_chunk_of_other_settings_exits_2_writing_nothing(chunked_runs, tiny_run,
   assert open(os.path.join(chunk_dir, _CHUNKS[0]), "rb").read() == open(first, "rb").read()
   assert not os.path.exists(os.path.join(tiny_run, "robustness.json"))
   assert not os.path.exists(os.path.join(tiny_run, "robustness.md"))
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda s: s["attacks"][0].update(norm="l2"), "attacks[0].norm='linf', this command has 'l2'"),
+    (lambda s: s["attacks"].pop(), "'FGSM-l_inf', 'Square (num_queries=20)'], this command has "
+                                    "['PGD-3', 'FGSM-l_inf']"),
+    (lambda s: s.update(seed=1), "seed=0, this command has 1"),
+    (lambda s: s["checkpoint"].update(weights_sha1="0"), "checkpoint.weights_sha1="),
+])
+def test_a_chunk_names_the_first_field_that_differs(chunked_runs, edit, field):
+  sys.path.insert(0, os.path.join(_ROOT, "experiments"))
+  import evaluate  # its flags are defined, not parsed: read_chunk does not use them
+  first = chunked_runs["first"][0]
+  settings = copy.deepcopy(_read(first)["settings"])
+  assert evaluate.read_chunk(first, settings) == _read(first)["result"]
+  edit(settings)
+  with pytest.raises(ConfigError, match=re.escape(field)):
+    evaluate.read_chunk(first, settings)
