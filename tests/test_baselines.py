@@ -305,8 +305,9 @@ def test_entropy_sgd_matches_its_recursion_over_several_steps(setup):
   config = _config("entropy_sgd", **{"entropy_sgd.num_steps": 3, "entropy_sgd.alpha": 0.75,
                                      "entropy_sgd.noise_scale": 0.0})
   e = config.entropy_sgd
-  _, grads, _, _ = methods.make_grad_fn(config, model)(params, bs, x, y, jax.random.PRNGKey(7))
-  grad_ce = jax.grad(_ce_at(model, bs, x, y))
+  grad_fn = jax.jit(methods.make_grad_fn(config, model))
+  _, grads, _, _ = grad_fn(params, bs, x, y, jax.random.PRNGKey(7))
+  grad_ce = jax.jit(jax.grad(_ce_at(model, bs, x, y)))
   tm = jax.tree_util.tree_map
   wp, mu = params, params
   for _ in range(3):
@@ -325,8 +326,9 @@ def test_entropy_sgd_noise_has_scale_noise_scale_times_sqrt_2_eta(setup):
   config = _config("entropy_sgd", **{"entropy_sgd.num_steps": 1, "entropy_sgd.alpha": 1.0,
                                      "entropy_sgd.noise_scale": 0.01})
   e = config.entropy_sgd
-  _, grads, _, _ = methods.make_grad_fn(config, model)(params, bs, x, y, jax.random.PRNGKey(7))
-  g = jax.grad(_ce_at(model, bs, x, y))(params)
+  grad_fn = jax.jit(methods.make_grad_fn(config, model))
+  _, grads, _, _ = grad_fn(params, bs, x, y, jax.random.PRNGKey(7))
+  g = jax.jit(jax.grad(_ce_at(model, bs, x, y)))(params)
   residual = np.concatenate([np.ravel(a - e.gamma * e.step_size * b) for a, b in zip(
       jax.tree_util.tree_leaves(grads), jax.tree_util.tree_leaves(g))])
   z = residual / (e.gamma * e.noise_scale * np.sqrt(2 * e.step_size))
@@ -362,7 +364,8 @@ def test_entropy_sgd_noise_is_fresh_every_step_and_every_leaf():
   config = _config("entropy_sgd", **{"entropy_sgd.num_steps": 3, "entropy_sgd.alpha": 0.75,
                                      "entropy_sgd.noise_scale": 0.05})
   e = config.entropy_sgd
-  _, grads, _, _ = methods.make_grad_fn(config, model)(params, {}, x, y, jax.random.PRNGKey(2))
+  grad_fn = jax.jit(methods.make_grad_fn(config, model))  # one compilation, not op by op
+  _, grads, _, _ = grad_fn(params, {}, x, y, jax.random.PRNGKey(2))
   k = np.arange(1, 4)
   c = e.alpha * (1 - e.alpha) ** (3 - k)
   a = 1 - e.step_size * e.gamma
