@@ -104,6 +104,24 @@ def test_cw_linf_and_atent_attack_reach_the_box_corner_of_a_linear_model():
 
 
 @pytest.mark.core
+def test_cw_linf_ascends_the_margin_capped_at_kappa_not_the_cross_entropy():
+  """Binary linear model, margin m = z_other - z_y, sign steps of 0.02 from x (no random start),
+  eps 0.09, kappa 0.045 ||v||_1. Examples given the wrong label start at m = 0.05 ||v||_1 >
+  kappa: the capped margin is flat there, so they stay at x (the cross-entropy, or an uncapped
+  margin, would move them). The others start at m = -0.05 ||v||_1 and the corner of the box
+  only reaches m = 0.04 ||v||_1 < kappa: they go all the way to x + eps * away (with kappa 0
+  they would stop at the third step, m = 0.01 ||v||_1)."""
+  logits_fn, x, y, v = _binary_linear(norm="linf", dist=0.05)
+  flipped = np.arange(len(y)) % 3 == 0
+  label = np.where(flipped, 1 - y, y).astype(np.int32)
+  eps, kappa = 0.09, 0.045 * float(np.abs(v).sum())
+  adv = np.asarray(attacks.cw_linf(logits_fn, x, label, jax.random.PRNGKey(0), eps=eps,
+                                   step_size=0.02, num_steps=6, kappa=kappa, random_init=False))
+  want = np.where(flipped[:, None], x, x + eps * _away(label, v, "linf"))
+  np.testing.assert_allclose(adv, want, atol=1e-6)
+
+
+@pytest.mark.core
 def test_cw_linf_tanh_fools_a_linear_model_inside_the_box():
   logits_fn, x, y, v = _binary_linear(norm="linf", dist=0.05)
   adv = np.asarray(attacks.cw_linf(logits_fn, x, y, eps=0.1, variant="tanh", num_steps=30,
@@ -351,6 +369,9 @@ def test_restarts_keep_the_highest_loss_where_none_fools():
 
 
 def test_more_restarts_never_increase_robust_accuracy(tiny):
+  """The invariant on a conv net: restart 0 is the single run, so 3 restarts keep every point it
+  fooled. It holds even if the extra restarts never run: that they run, and which point they
+  keep, is shown by the two closed-form restart tests above."""
   logits_fn, x, y = tiny
   key = jax.random.PRNGKey(7)
   fooled = {}

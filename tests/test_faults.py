@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from determinism import assert_same_metrics, assert_same_params
 
 from atent_jax import checkpoint as ckpt_lib
 from atent_jax import models, runs, train
@@ -140,8 +141,8 @@ def reference(tmp_path_factory):
 def test_same_config_and_seed_are_bit_identical(reference, tmp_path):
   again = str(tmp_path / "again")
   train.train_and_evaluate(_config(), again)
-  assert _metrics(again) == _metrics(reference)
-  chex.assert_trees_all_equal(_params(again), _params(reference))
+  assert_same_metrics(_metrics(again), _metrics(reference))
+  assert_same_params(_params(again), _params(reference))
 
 
 def test_kill9_mid_epoch_during_checkpoint_and_during_eval_then_resume(reference, tmp_path):
@@ -173,8 +174,8 @@ def test_kill9_mid_epoch_during_checkpoint_and_during_eval_then_resume(reference
   # 4. Resumed to the end: exactly the uninterrupted run.
   final = _run(workdir, cache)
   assert final.returncode == 0, final.stderr
-  chex.assert_trees_all_equal(_params(workdir), _params(reference))
-  assert _metrics(workdir) == _metrics(reference)
+  assert_same_params(_params(workdir), _params(reference))
+  assert_same_metrics(_metrics(workdir), _metrics(reference))
   assert not os.path.exists(os.path.join(workdir, workdir_lib.LOCK_NAME))
 
 
@@ -195,8 +196,8 @@ def test_truncated_latest_checkpoint_is_skipped_with_a_warning(reference, tmp_pa
   bad = _truncate_latest(workdir)
   with pytest.warns(AtentWarning, match=f"checkpoint at step {bad} .* is corrupt"):
     train.train_and_evaluate(_config(), workdir)  # resumes from the previous checkpoint
-  chex.assert_trees_all_equal(_params(workdir), _params(reference))
-  assert _metrics(workdir) == _metrics(reference)
+  assert_same_params(_params(workdir), _params(reference))
+  assert_same_metrics(_metrics(workdir), _metrics(reference))
   assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))  # kept for inspection
 
 

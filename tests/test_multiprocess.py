@@ -176,8 +176,11 @@ def test_two_processes_equal_one_process_with_two_devices_and_with_one(runs):
   _close(two_processes, _params(dirs["one_device"]))
   m2, m1 = _last_metrics(dirs["two_processes"]), _last_metrics(dirs["one_device"])
   assert m2["step"] == m1["step"] == 8
-  assert (m2["clean_accuracy"], m2["robust_accuracy"]) == (m1["clean_accuracy"],
-                                                           m1["robust_accuracy"])
+  # The parameters agree to float tolerance, not bit for bit (the all-reduces split the sums
+  # differently), so an example at a decision tie may flip: within one example.
+  assert m2["num_eval"] == m1["num_eval"]
+  for key in ("clean_accuracy", "robust_accuracy"):
+    assert abs(m2[key] - m1[key]) <= 1 / m1["num_eval"] + 1e-9, (key, m2[key], m1[key])
 
 
 def test_kill_one_process_then_restart_both_resumes(runs):

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
+from determinism import assert_same_metrics, assert_same_params
 from tiny import make_tiny_config
 
 from atent_jax import langevin, methods, models, runs, train
@@ -131,15 +131,10 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(tmp_path):
     part_metrics = [json.loads(line) for line in f]
   assert [m["epoch"] for m in part_metrics] == [1, 2]
   # Bit-identical resume is promised on CPU; elsewhere (GPU reductions) only closeness.
-  if jax.default_backend() == "cpu":
-    chex.assert_trees_all_equal(_params_of(full), _params_of(part))
-    for a, b in zip(full_metrics, part_metrics):
-      for key in ("train_loss", "clean_accuracy", "robust_accuracy"):
-        assert a[key] == b[key], key
-  else:
-    chex.assert_trees_all_close(_params_of(full), _params_of(part), rtol=1e-4, atol=1e-6)
-    for a, b in zip(full_metrics, part_metrics):
-      assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+  assert_same_params(_params_of(full), _params_of(part))
+  keys = ("train_loss", "clean_accuracy", "robust_accuracy")
+  assert_same_metrics([{k: m[k] for k in keys} for m in full_metrics],
+                      [{k: m[k] for k in keys} for m in part_metrics])
   for key in ("epoch", "train_loss", "clean_accuracy", "robust_accuracy", "wall_time"):
     assert key in full_metrics[-1]
   assert os.path.exists(os.path.join(full, "config.json"))
@@ -177,7 +172,7 @@ def _sgd_config(num_epochs):
 def test_early_stopping_keeps_the_epoch_of_the_chosen_metric(tmp_path, monkeypatch):
   """Clean baselines keep their most accurate epoch, adversarial ones their most robust; a tie
   keeps the earlier epoch. best/ holds that epoch's weights (equal to those of a run stopped
-  there: CPU runs are deterministic) and its metrics."""
+  there: bit for bit on CPU, where runs are deterministic) and its metrics."""
   expected = {"clean_accuracy": 2, "robust_accuracy": 3}  # from _STUB_METRICS, by hand
   for metric, epoch in expected.items():
     _stub_evaluation(monkeypatch)
@@ -195,7 +190,7 @@ def test_early_stopping_keeps_the_epoch_of_the_chosen_metric(tmp_path, monkeypat
   stopped = str(tmp_path / "stopped_at_3")
   train.train_and_evaluate(_sgd_config(3), stopped)
   _, _, best_variables = runs.load_run(str(tmp_path / "robust_accuracy"), "best")
-  chex.assert_trees_all_equal(best_variables["params"], _params_of(stopped))
+  assert_same_params(best_variables["params"], _params_of(stopped))
   last = _params_of(str(tmp_path / "robust_accuracy"))  # epoch 4: the test discriminates
   differs = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b), last,
                                    best_variables["params"])
