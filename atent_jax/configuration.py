@@ -117,6 +117,15 @@ def _choice(config, path, choices):
   return value
 
 
+def check_devices(config, num_devices: int) -> None:
+  """The one check that needs the device count (known only once JAX has started): the batch is
+  split evenly across the devices. ConfigError with a one-line message."""
+  batch = config.train.batch_size
+  if batch % num_devices:
+    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the {num_devices} "
+                      f"devices: use a multiple of {num_devices}")
+
+
 def validate_config(config, num_devices: int = 1) -> None:
   """Checks keys, types and ranges; raises ConfigError with a one-line message."""
   check_keys(config)
@@ -131,10 +140,8 @@ def validate_config(config, num_devices: int = 1) -> None:
   _choice(config, "early_stopping_metric", ("robust_accuracy", "clean_accuracy"))
   _num(config, "seed", integer=True)
   _num(config, "train.num_epochs", lo=1, integer=True)
-  batch = _num(config, "train.batch_size", lo=1, integer=True)
-  if batch % num_devices:
-    raise ConfigError(f"config.train.batch_size={batch} is not divisible by the {num_devices} "
-                      f"devices: use a multiple of {num_devices}")
+  _num(config, "train.batch_size", lo=1, integer=True)
+  check_devices(config, num_devices)
   _num(config, "train.learning_rate", lo=0, lo_open=True)
   _num(config, "train.momentum", lo=0, hi=1, hi_open=True)
   _num(config, "train.weight_decay", lo=0)

@@ -43,7 +43,7 @@ from jax.sharding import PartitionSpec as P
 from atent_jax import attacks, distributed, methods, models, plots
 from atent_jax import checkpoint as ckpt_lib
 from atent_jax import workdir as workdir_lib
-from atent_jax.configuration import default_config, flatten_config, validate_config
+from atent_jax.configuration import check_devices, default_config, flatten_config, validate_config
 from atent_jax.data import DATASETS, Dataset, check_images, check_labels, load_dataset
 from atent_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError, warn
 from atent_jax.metrics import robust_correct
@@ -336,7 +336,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   validate_config(config)  # before JAX starts: config.distributed must be usable
   distributed.initialize(config)  # multi-host: before any JAX computation; else nothing
   mesh = data_mesh()
-  validate_config(config, num_devices=mesh.size)
+  check_devices(config, mesh.size)  # the rest of the config was validated above
   multi = distributed.is_multiprocess()
   if multi:
     distributed.host_rows(config.train.batch_size, 0, jax.process_count())  # divisible?

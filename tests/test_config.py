@@ -9,6 +9,7 @@ import os
 import struct
 import subprocess
 import sys
+import types
 
 import ml_collections
 import numpy as np
@@ -444,3 +445,12 @@ def test_cli_help_prints_the_flags_and_exits_0(tmp_path):
   assert result.returncode == 0, result.stderr
   assert "--config" in result.stdout and "--workdir" in result.stdout
   assert os.listdir(tmp_path) == []
+
+
+def test_training_refuses_a_batch_the_devices_cannot_split(tmp_path, monkeypatch):
+  from atent_jax import train
+  monkeypatch.setattr(train, "data_mesh", lambda: types.SimpleNamespace(size=3))
+  workdir = tmp_path / "run"
+  with pytest.raises(ConfigError, match="batch_size=32 is not divisible by the 3 devices"):
+    train.train_and_evaluate(_set(default_config(), "train.batch_size", 32), str(workdir))
+  assert not workdir.exists()
