@@ -476,33 +476,36 @@ def jnp_argmax(logits):
 # --- command line -----------------------------------------------------------------------------
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("methods", None, "Rows to time; default: sgd,pgd_at,trades,atent_linf,"
-                  "atent_linf_tol1e-3,atent_l2 (--reference: sgd,pgd_at,atent_linf,"
-                  "atent_linf_tol5e-7).")
-flags.DEFINE_list("K", ["10", "40"], "Numbers of inner steps (samples) to time.")
-flags.DEFINE_integer("batch", 128, "Batch size.")
-flags.DEFINE_integer("repeats", 5, "Timed steps (--reference: rounds).")
-flags.DEFINE_integer("warmup", None, "Untimed steps first; default 2 (--reference: 1).")
-flags.DEFINE_integer("memory_K", 5, "Also measure atent_linf at this K for the memory-growth "
-                     "ratio.")
-flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Backend.")
-flags.DEFINE_bool("reference", False, "JAX and the PyTorch reference, interleaved in this "
-                  "process.")
-flags.DEFINE_integer("torch_threads", 2, "PyTorch's intra-op threads.")
-flags.DEFINE_float("max_spread", 0.25, "--reference: a row whose (max - min) / median exceeds "
-                   "it is unreliable.")
-flags.DEFINE_bool("attacks", False, "Time AutoAttack standard next to PGD-100 on MNIST test "
-                  "images.")
-flags.DEFINE_string("attack_workdir", "", "--attacks: a trained SmallCNN run.")
-flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(_ROOT), "shared", "data", "mnist"),
-                    "--attacks: folder of MNIST IDX files (else the built-in sample).")
-flags.DEFINE_integer("num_examples", 1000, "--attacks: test images.")
-flags.DEFINE_float("attack_eps", 0.3, "--attacks: l_inf radius.")
-flags.DEFINE_integer("attack_batch", 500, "--attacks: examples per attack call.")
-flags.DEFINE_bool("attack_members_on_all_points", False, "--attacks: time each AutoAttack member "
-                  "on every point (upper bound).")
-flags.DEFINE_list("child", None, "Internal: METHOD,K times one row in this process (the default "
-                  "mode runs each row in a fresh subprocess).")
+def define_flags() -> None:
+  """The command line (defined only when run as a script: tests import this module next to
+  others that define flags of the same names)."""
+  flags.DEFINE_list("methods", None, "Rows to time; default: sgd,pgd_at,trades,atent_linf,"
+                    "atent_linf_tol1e-3,atent_l2 (--reference: sgd,pgd_at,atent_linf,"
+                    "atent_linf_tol5e-7).")
+  flags.DEFINE_list("K", ["10", "40"], "Numbers of inner steps (samples) to time.")
+  flags.DEFINE_integer("batch", 128, "Batch size.")
+  flags.DEFINE_integer("repeats", 5, "Timed steps (--reference: rounds).")
+  flags.DEFINE_integer("warmup", None, "Untimed steps first; default 2 (--reference: 1).")
+  flags.DEFINE_integer("memory_K", 5, "Also measure atent_linf at this K for the memory-growth "
+                       "ratio.")
+  flags.DEFINE_enum("device", "cpu", ["cpu", "gpu"], "Backend.")
+  flags.DEFINE_bool("reference", False, "JAX and the PyTorch reference, interleaved in this "
+                    "process.")
+  flags.DEFINE_integer("torch_threads", 2, "PyTorch's intra-op threads.")
+  flags.DEFINE_float("max_spread", 0.25, "--reference: a row whose (max - min) / median exceeds "
+                     "it is unreliable.")
+  flags.DEFINE_bool("attacks", False, "Time AutoAttack standard next to PGD-100 on MNIST test "
+                    "images.")
+  flags.DEFINE_string("attack_workdir", "", "--attacks: a trained SmallCNN run.")
+  flags.DEFINE_string("data_dir", os.path.join(os.path.dirname(_ROOT), "shared", "data", "mnist"),
+                      "--attacks: folder of MNIST IDX files (else the built-in sample).")
+  flags.DEFINE_integer("num_examples", 1000, "--attacks: test images.")
+  flags.DEFINE_float("attack_eps", 0.3, "--attacks: l_inf radius.")
+  flags.DEFINE_integer("attack_batch", 500, "--attacks: examples per attack call.")
+  flags.DEFINE_bool("attack_members_on_all_points", False, "--attacks: time each AutoAttack member "
+                    "on every point (upper bound).")
+  flags.DEFINE_list("child", None, "Internal: METHOD,K times one row in this process (the default "
+                    "mode runs each row in a fresh subprocess).")
 
 
 def _bad_flag(message: str) -> None:
@@ -606,4 +609,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   main(sys.argv)
