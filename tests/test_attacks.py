@@ -122,6 +122,20 @@ def test_cw_linf_ascends_the_margin_capped_at_kappa_not_the_cross_entropy():
 
 
 @pytest.mark.core
+def test_attacks_draw_their_randomness_from_the_key_they_are_given():
+  """Random starts and Langevin noise come from the caller's key: the same key gives the same
+  point, another key another point."""
+  logits_fn, x, y, _ = _binary_linear()
+  for fn, kw in ((attacks.atent_attack, {"eps": 0.1, "step_size": 0.01, "num_steps": 2,
+                                         "noise_scale": 0.5}),
+                 (attacks.pgd_linf, {"eps": 0.1, "step_size": 0.01, "num_steps": 1}),
+                 (attacks.fgsm, {"eps": 0.1, "random_init": True})):
+    a, b, c = (np.asarray(fn(logits_fn, x, y, jax.random.PRNGKey(k), **kw)) for k in (0, 0, 1))
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a - c).max() > 1e-3, fn.__name__
+
+
+@pytest.mark.core
 def test_cw_linf_tanh_fools_a_linear_model_inside_the_box():
   logits_fn, x, y, v = _binary_linear(norm="linf", dist=0.05)
   adv = np.asarray(attacks.cw_linf(logits_fn, x, y, eps=0.1, variant="tanh", num_steps=30,

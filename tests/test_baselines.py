@@ -97,7 +97,8 @@ def test_trades_with_beta_zero_is_clean_cross_entropy(setup):
   rng = jax.random.PRNGKey(3)
   loss_t, grads_t, _, _ = methods.make_grad_fn(_config("trades", trades_beta=0.0), model)(
       params, bs, x, y, rng)
-  loss_s, grads_s, _, _ = methods.make_grad_fn(_config("sgd"), model)(params, bs, x, y, rng)
+  loss_s, grads_s, _, aux = methods.make_grad_fn(_config("sgd"), model)(params, bs, x, y, rng)
+  assert "train_accuracy" in aux  # what the trainer reads
   np.testing.assert_allclose(float(loss_t), float(loss_s), rtol=1e-6)
   chex.assert_trees_all_close(grads_t, grads_s, rtol=1e-5, atol=1e-7)
 
@@ -378,3 +379,59 @@ def test_entropy_sgd_noise_is_fresh_every_step_and_every_leaf():
     assert abs(z.std() - 1) < 5 / np.sqrt(2 * n) and abs(z.mean()) < 5 / np.sqrt(n), (
         z.std(), z.mean())
   assert abs(np.corrcoef(za, zb)[0, 1]) < 5 / np.sqrt(n)
+
+
+@pytest.mark.core
+def test_accuracy_by_hand():
+  logits = jnp.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0], [1.0, -1.0]])
+  assert float(methods.accuracy(logits, jnp.array([1, 1, 1, 0]))) == pytest.approx(0.75)
+
+
+@pytest.mark.core
+def test_mart_step_is_its_loss_at_its_examples(setup):
+  """make_mart wires mart_loss (checked by hand above) to the clean train-mode logits (the
+  step's rng) and the logits at mart_examples (fold_in(rng, 1); dropout key fold_in(rng, 2))."""
+  model, params, bs, x, y = setup
+  config = _config("mart", mart_beta=6.0)
+  rng = jax.random.PRNGKey(4)
+  loss, _, _, aux = methods.make_grad_fn(config, model)(params, bs, x, y, rng)
+  adv = methods.mart_examples(config, model, params, bs, x, y, jax.random.fold_in(rng, 1))
+  logits, bs1 = methods.train_forward(model, params, bs, x, rng)
+  adv_logits, _ = methods.train_forward(model, params, bs1, adv, jax.random.fold_in(rng, 2))
+  want = methods.mart_loss(logits, adv_logits, y, 6.0)
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-5)
+  assert float(aux["train_accuracy"]) == pytest.approx(
+      float(np.mean(np.argmax(np.asarray(adv_logits), -1) == np.asarray(y))))
+
+
+class _InputBlind(nn.Module):
+  """Logits of the input behind stop_gradient: sign steps are 0, an inner maximisation's point
+  is its start."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(10)(jax.lax.stop_gradient(x).reshape((x.shape[0], -1)))
+
+
+@pytest.mark.core
+def test_inner_maximisations_start_where_their_authors_start():
+  """TRADES and MART (their code): x + 0.001 N(0, I); PGD-AT: x + U(-eps, eps) with
+  sampler.random_init, else x."""
+  model = _InputBlind()
+  x = jax.random.uniform(jax.random.PRNGKey(0), (16, 8, 8, 1), minval=0.35, maxval=0.65)
+  y = jax.random.randint(jax.random.PRNGKey(1), (16,), 0, 10)
+  params = model.init(jax.random.PRNGKey(2), x)["params"]
+  key = jax.random.PRNGKey(3)
+  n = x.size
+  for d in (methods.trades_examples(_config("trades"), model, params, {}, x, key),
+            methods.mart_examples(_config("mart"), model, params, {}, x, y, key)):
+    d = np.asarray(d - x, np.float64)
+    assert abs(d.std() / 0.001 - 1) < 0.1 and abs(d.mean()) < 5 * 0.001 / np.sqrt(n)
+  eps = _config("pgd_at").sampler.eps
+  start = methods.pgd_examples(_config("pgd_at", **{"sampler.random_init": True}), model, params,
+                               {}, x, y, key)
+  d = np.abs(np.asarray(start - x, np.float64))
+  assert d.max() <= eps + 1e-6 and abs(d.mean() - eps / 2) < 5 * eps / np.sqrt(12 * n)
+  none = methods.pgd_examples(_config("pgd_at", **{"sampler.random_init": False}), model, params,
+                              {}, x, y, key)
+  np.testing.assert_array_equal(np.asarray(none), np.asarray(x))

@@ -126,7 +126,8 @@ def test_default_fused_step_with_dropout_matches_a_reference_written_here(net):
     config.sampler.eps, config.sampler.step_size = 0.1, 0.05
   else:
     model, params, x, y = _setup(config)
-  loss, grads, _, _ = jax.jit(methods.make_grad_fn(config, model))(params, {}, x, y, rng)
+  loss, grads, _, aux = jax.jit(methods.make_grad_fn(config, model))(params, {}, x, y, rng)
+  assert "train_accuracy" in aux  # what the trainer reads
   ref_loss, ref_grads = jax.jit(lambda *a: _fused_reference(config, model, *a))(params, x, y,
                                                                                rng)
   assert float(loss) == pytest.approx(float(ref_loss), rel=1e-5)
@@ -188,6 +189,9 @@ def test_ema_tolerance_bookkeeping_by_hand():
   assert methods.skipped_weight_mass(6, 0.9, 0.0) == 0.0
   assert methods.first_weighted_sample(6, 0.9, 0.5) == 6
   assert methods.skipped_weight_mass(6, 0.9, 0.5) == pytest.approx(0.1 - 1e-6, rel=1e-5)
+  # alpha 0.5, K 4: c = 0.0625, 0.125, 0.25, 0.5; a tolerance of 0.1 skips the first.
+  assert methods.first_weighted_sample(4, 0.5, 0.1) == 2
+  assert methods.skipped_weight_mass(4, 0.5, 0.1) == pytest.approx(0.0625, rel=1e-6)
 
 
 @pytest.mark.core
@@ -198,3 +202,37 @@ def test_unroll_from_config(field, unroll):
   config.sampler.unroll = field
   got = methods.unroll_from_config(config)
   assert got == unroll and type(got) is type(unroll)  # True, not 1: fully unrolled
+
+
+class _InputBlind(nn.Module):
+  """Logits of the input behind stop_gradient: the sampler's gradient steps are 0, so every
+  sample is its start."""
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    return nn.Dense(10)(jax.lax.stop_gradient(x).reshape((x.shape[0], -1)))
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("fused", [True, False])
+def test_without_a_random_start_every_sample_is_x(fused):
+  """config.sampler.random_init False, no noise, a net blind to input gradients: all K samples
+  are x, so the EMA loss is (1 - (1 - alpha)^K) CE(x). With the random corner start (default)
+  it is not."""
+  config = _config("atent_linf", "small_cnn")
+  config.sampler.fused, config.sampler.noise_scale = fused, 0.0
+  config.sampler.eps, config.sampler.step_size = 0.3, 0.1
+  model = _InputBlind()
+  x = jax.random.uniform(jax.random.PRNGKey(0), (8, 8, 8, 1))
+  y = jax.random.randint(jax.random.PRNGKey(1), (8,), 0, 10)
+  params = model.init(jax.random.PRNGKey(2), x)["params"]
+  s = config.sampler
+  want = (1 - (1 - s.alpha) ** s.num_steps) * float(optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({"params": params}, x), y).mean())
+  losses = {}
+  for random_init in (False, True):
+    config.sampler.random_init = random_init
+    losses[random_init] = float(jax.jit(methods.make_grad_fn(config, model))(
+        params, {}, x, y, jax.random.PRNGKey(3))[0])
+  assert losses[False] == pytest.approx(want, rel=1e-5)
+  assert abs(losses[True] - want) > 1e-3 * want

@@ -402,6 +402,22 @@ def test_bad_arguments_name_the_field(kw, field):
 
 
 @pytest.mark.core
+def test_typed_keys_draw_what_their_raw_keys_draw():
+  """jax.random.key-style typed keys (one, or one per example) give the samples of the raw
+  uint32 keys holding the same bits."""
+  w, b, x, y = _linear_problem()
+  kw = {"norm": "linf", "eps": 0.1, "step_size": 0.02, "num_steps": 2, "noise_scale": 0.1}
+  raw = jax.random.PRNGKey(3)
+  typed = jax.random.wrap_key_data(raw)
+  want = np.asarray(atent_jax.sample_langevin(_ce_loss(w, b), x, y, raw, **kw))
+  got = atent_jax.sample_langevin(_ce_loss(w, b), x, y, typed, **kw)
+  np.testing.assert_array_equal(np.asarray(got), want)
+  per_example = atent_jax.sample_langevin(_ce_loss(w, b), x, y,
+                                          jax.random.split(typed, len(x)), **kw)
+  np.testing.assert_array_equal(np.asarray(per_example), want)
+
+
+@pytest.mark.core
 def test_per_example_keys_rejects_wrong_shape():
   with pytest.raises(ValueError, match="key"):
     langevin.per_example_keys(jax.random.split(jax.random.PRNGKey(0), 3), 5)

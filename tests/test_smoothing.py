@@ -103,6 +103,7 @@ def _attack_distance(logits_fn, x, direction, c_a, sigma, key, t_max, iters=12):
 # Clopper-Pearson
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.core
 @pytest.mark.parametrize("n_a,n,alpha", [
     (0, 100, 0.001), (100, 100, 0.001), (100_000, 100_000, 0.001), (0, 1, 0.05), (1, 1, 0.05),
     (50, 100, 0.001), (51, 100, 0.01), (99_000, 100_000, 0.001), (7, 10, 0.2),
@@ -116,6 +117,7 @@ def test_lower_confidence_bound_matches_statsmodels(n_a, n, alpha):
   assert 0.0 <= got <= n_a / n
 
 
+@pytest.mark.core
 def test_lower_confidence_bound_vectorised_and_known_values():
   n_a = np.array([0, 5, 10, 999])
   n = np.array([10, 10, 10, 1000])
@@ -132,6 +134,7 @@ def test_lower_confidence_bound_vectorised_and_known_values():
 # CERTIFY on the linear classifier: closed form
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.core
 @pytest.mark.parametrize("sigma,margin,seed", [(0.25, 0.5, 0), (0.5, -0.3, 1)])
 def test_certified_radius_linear_matches_closed_form(sigma, margin, seed):
   logits_fn, x, w, b = _linear_problem(margin, seed)
@@ -162,6 +165,7 @@ def test_certified_radius_linear_matches_closed_form(sigma, margin, seed):
   assert r_hi - r_lo < 0.2 * dist
 
 
+@pytest.mark.core
 def test_certified_radius_exact_when_saturated():
   """Margin 10 sigma: every sample is class 0, n_a = n, and the radius is known exactly:
   sigma * Phi^-1(alpha^(1/n)). A two-sided bound or a missing sigma would not match."""
@@ -180,6 +184,7 @@ def test_certified_radius_exact_when_saturated():
 # Abstention
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.core
 def test_abstains_on_tie():
   x = _half()
   counts = smoothing.sample_counts(_coin, x, 4000, 0.25, jax.random.key(0), batch_size=1000)
@@ -192,6 +197,7 @@ def test_abstains_on_tie():
                            batch_size=500) == -1
 
 
+@pytest.mark.core
 def test_predict_clear_case_does_not_abstain():
   logits_fn, x, _, _ = _linear_problem(-0.3, seed=4)
   assert smoothing.predict(logits_fn, x, sigma=0.25, n=1000, alpha=0.001,
@@ -242,6 +248,7 @@ def test_certificate_not_contradicted_by_attack_wedge():
 # sample_counts
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.core
 @pytest.mark.parametrize("num_samples,batch_size", [(1001, 128), (5, 128), (256, 128), (3, 1)])
 def test_sample_counts_counts_exactly_num_samples(num_samples, batch_size):
   counts = smoothing.sample_counts(_coin, _half(), num_samples, 0.25, jax.random.key(0),
@@ -256,6 +263,7 @@ def test_sample_counts_counts_exactly_num_samples(num_samples, batch_size):
   np.testing.assert_array_equal(wide[2:], 0)
 
 
+@pytest.mark.core
 def test_sample_counts_chunks_use_independent_noise():
   # With 4 samples per chunk, identical noise in every chunk would give counts in {0, 4, ..., 400}
   # concentrated on few values; independent chunks give a ~Binomial(400, 1/2) count.
@@ -266,6 +274,7 @@ def test_sample_counts_chunks_use_independent_noise():
   np.testing.assert_array_equal(a, b)  # reproducible
 
 
+@pytest.mark.core
 def test_sample_counts_accepts_tree_util_partial():
   logits_fn, x, w, b = _linear_problem(0.1, seed=6)
   part = jax.tree_util.Partial(_linear_apply, jnp.asarray(w, jnp.float32), jnp.float32(b))
@@ -278,6 +287,7 @@ def test_sample_counts_accepts_tree_util_partial():
 # Validation
 # ----------------------------------------------------------------------------------------------
 
+@pytest.mark.core
 @pytest.mark.parametrize("kwargs,match", [
     ({"sigma": 0.0}, "sigma"), ({"sigma": -0.1}, "sigma"), ({"n0": 0}, "n0"), ({"n": 0}, "n="),
     ({"alpha": 0.0}, "alpha"), ({"alpha": 1.0}, "alpha"),
@@ -289,6 +299,7 @@ def test_certify_rejects_bad_settings(kwargs, match):
     smoothing.certify(_coin, _half(), **args)
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("value", [1.5, -0.2, np.nan])
 def test_rejects_images_outside_unit_interval(value):
   images = np.stack([_half(), _half()])
@@ -301,6 +312,7 @@ def test_rejects_images_outside_unit_interval(value):
                       key=jax.random.key(0), batch_size=10)
 
 
+@pytest.mark.core
 def test_certified_accuracy_counts_abstains_as_wrong():
   results = [{"radius": 0.0, "correct": False},   # abstain
              {"radius": 0.3, "correct": True},
