@@ -25,6 +25,7 @@ from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
 from atent_jax import smoothing
+from atent_jax.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 4, 1)  # tiny NHWC images
@@ -128,6 +129,10 @@ def test_lower_confidence_bound_vectorised_and_known_values():
   # n_a = n: the bound solves p^n = alpha, i.e. alpha^(1/n) (one-sided: NOT (alpha/2)^(1/n)).
   np.testing.assert_allclose(smoothing.lower_confidence_bound(1000, 1000, 0.001),
                              0.001 ** (1 / 1000), rtol=1e-12)
+  # Counts held in floats of any width are counts too, when they are whole numbers.
+  for dtype in (np.float32, np.float64):
+    assert smoothing.lower_confidence_bound(dtype(5), dtype(10), 0.001) == \
+        smoothing.lower_confidence_bound(5, 10, 0.001)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -320,6 +325,19 @@ def test_certified_accuracy_counts_abstains_as_wrong():
              {"radius": 0.9, "correct": False}]   # certified, but wrong class
   acc = smoothing.certified_accuracy(results, [0.0, 0.3, 0.5, 0.7, 1.0])
   np.testing.assert_allclose(acc, [0.5, 0.5, 0.25, 0.25, 0.0])
+  np.testing.assert_allclose(smoothing.certified_accuracy(results[1:2], [0.0, 0.5]), [1.0, 0.0])
+  with pytest.raises(DataError, match="no certification results"):
+    smoothing.certified_accuracy([], [0.0])
+
+
+@pytest.mark.core
+def test_certify_dataset_hands_each_result_to_the_callback():
+  images = np.stack([_half(), _half()])
+  seen = []
+  results = smoothing.certify_dataset(_coin, images, np.zeros(2, np.int32), sigma=0.25, n0=10,
+                                      n=10, alpha=0.001, key=jax.random.key(0), batch_size=10,
+                                      progress=False, callback=seen.append)
+  assert len(results) == 2 and seen == results
 
 
 # ----------------------------------------------------------------------------------------------
