@@ -54,6 +54,7 @@ _ROOT = os.path.dirname(_HERE)
 sys.path.insert(0, _ROOT)
 sys.path.insert(0, _HERE)
 
+import light_cli
 import memory_probe
 from absl import flags
 
@@ -508,49 +509,35 @@ def define_flags() -> None:
                     "mode runs each row in a fresh subprocess).")
 
 
-def _bad_flag(message: str) -> None:
-  # atent_jax.cli.fail's format (one line, exit 2); importing atent_jax here would start JAX
-  # before --device has chosen its platform.
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
 def _parse_ks(values) -> list[int]:
   try:
     ks = [int(k) for k in values]
   except ValueError:
-    _bad_flag(f"--K={','.join(values)} is not a comma-separated list of integers, e.g. 10,40")
+    light_cli.bad_flag(
+        f"--K={','.join(values)} is not a comma-separated list of integers, e.g. 10,40")
   if not ks or min(ks) < 1:
-    _bad_flag(f"--K={','.join(values)}: every K must be >= 1")
+    light_cli.bad_flag(f"--K={','.join(values)}: every K must be >= 1")
   return ks
 
 
-def _exit_if_help(argv) -> None:
-  # atent_jax.cli.exit_if_help's behaviour, without importing JAX (see _bad_flag).
-  if any(arg in ("-h", "--help", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
-    print(__doc__.strip() + "\n")
-    print(FLAGS.main_module_help())
-    sys.exit(0)
-
-
 def main(argv) -> None:
-  _exit_if_help(argv)
+  light_cli.exit_if_help(argv, __doc__)
   try:
     FLAGS(argv)
   except flags.Error as e:
-    _bad_flag(str(e).splitlines()[0])
+    light_cli.bad_flag(str(e).splitlines()[0])
   a = FLAGS
   if a.repeats < 1 or a.batch < 1 or (a.warmup is not None and a.warmup < 0):
-    _bad_flag("--repeats and --batch must be >= 1, --warmup >= 0")
+    light_cli.bad_flag("--repeats and --batch must be >= 1, --warmup >= 0")
   if a.reference and a.attacks:
-    _bad_flag("--reference and --attacks: use one at a time")
+    light_cli.bad_flag("--reference and --attacks: use one at a time")
   if a.attacks and (a.num_examples < 1 or a.attack_batch < 1 or a.attack_eps <= 0):
-    _bad_flag("--num_examples and --attack_batch must be >= 1, --attack_eps > 0")
+    light_cli.bad_flag("--num_examples and --attack_batch must be >= 1, --attack_eps > 0")
   if a.attack_workdir and not os.path.isdir(a.attack_workdir):
-    _bad_flag(f"--attack_workdir={a.attack_workdir} is not a directory")
+    light_cli.bad_flag(f"--attack_workdir={a.attack_workdir} is not a directory")
   if a.child:
     if len(a.child) != 2:
-      _bad_flag(f"--child={','.join(a.child)}: use METHOD,K")
+      light_cli.bad_flag(f"--child={','.join(a.child)}: use METHOD,K")
     print(json.dumps(run_child(a.child[0], int(a.child[1]), a.batch, a.repeats,
                                2 if a.warmup is None else a.warmup)))
     return
@@ -564,7 +551,7 @@ def main(argv) -> None:
   methods = a.methods or default_methods
   for m in methods:
     if m not in VARIANTS:
-      _bad_flag(f"--methods: unknown method {m!r}; use some of {', '.join(VARIANTS)}")
+      light_cli.bad_flag(f"--methods: unknown method {m!r}; use some of {', '.join(VARIANTS)}")
   ks = _parse_ks(a.K)
   env = dict(os.environ)
   env["JAX_PLATFORMS"] = "cuda" if a.device == "gpu" else "cpu"

@@ -65,6 +65,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import light_cli
 import memory_probe
 import torch
 import torch.nn.functional as F
@@ -390,42 +391,28 @@ def define_flags() -> None:
                     "step's peak RSS in this process (what --memory runs in a subprocess).")
 
 
-def _bad_flag(message: str) -> None:
-  # atent_jax.cli.fail's format (one line, exit 2); atent_jax is not imported: it imports JAX.
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(2)
-
-
 def _ints(name: str, values, minimum: int, example: str) -> list[int]:
   try:
     ints = [int(v) for v in values]
   except ValueError:
-    _bad_flag(f"--{name}={','.join(values)} is not a comma-separated list of integers, "
+    light_cli.bad_flag(f"--{name}={','.join(values)} is not a comma-separated list of integers, "
               f"e.g. --{name}={example}")
   if not ints or min(ints) < minimum:
-    _bad_flag(f"--{name}={','.join(values)}: every value must be >= {minimum}, "
+    light_cli.bad_flag(f"--{name}={','.join(values)}: every value must be >= {minimum}, "
               f"e.g. --{name}={example}")
   return ints
 
 
 def _check_names(flag: str, kind: str, values, known) -> None:
   if not values:
-    _bad_flag(f"--{flag} is empty: use some of {','.join(known)}")
+    light_cli.bad_flag(f"--{flag} is empty: use some of {','.join(known)}")
   for v in values:
     if v not in known:
-      _bad_flag(f"--{flag}: unknown {kind} {v!r}; use some of {','.join(known)}")
-
-
-def _exit_if_help(argv) -> None:
-  # atent_jax.cli.exit_if_help's behaviour, without importing JAX (see _bad_flag).
-  if any(arg in ("-h", "--help", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
-    print(__doc__.strip() + "\n")
-    print(FLAGS.main_module_help())
-    sys.exit(0)
+      light_cli.bad_flag(f"--{flag}: unknown {kind} {v!r}; use some of {','.join(known)}")
 
 
 def main(argv) -> None:
-  _exit_if_help(argv)
+  light_cli.exit_if_help(argv, __doc__)
   try:
     rest = FLAGS(argv)
   except flags.Error as e:
@@ -433,18 +420,18 @@ def main(argv) -> None:
     if msg.startswith("Unknown command line flag") and "Did you mean" not in msg:
       own = sorted(f.name for f in FLAGS.get_key_flags_for_module(argv[0]))
       msg += f": use one of --{', --'.join(own)}"
-    _bad_flag(msg)
+    light_cli.bad_flag(msg)
   a = FLAGS
   if len(rest) > 1:
-    _bad_flag(f"unexpected arguments: {' '.join(rest[1:])} (flags are --name=value)")
+    light_cli.bad_flag(f"unexpected arguments: {' '.join(rest[1:])} (flags are --name=value)")
   if a.memory_child:
     if len(a.memory_child) != 4:
-      _bad_flag(f"--memory_child={','.join(a.memory_child)}: use METHOD,K,BATCH,VARIANT")
+      light_cli.bad_flag(f"--memory_child={','.join(a.memory_child)}: use METHOD,K,BATCH,VARIANT")
     m, k, b, v = a.memory_child
     _check_names("memory_child", "method", [m], METHODS)
     _check_names("memory_child", "variant", [v], VARIANTS)
     if not (k.isdigit() and b.isdigit() and int(b) >= 1):
-      _bad_flag(f"--memory_child={','.join(a.memory_child)}: K >= 0 and BATCH >= 1 are "
+      light_cli.bad_flag(f"--memory_child={','.join(a.memory_child)}: K >= 0 and BATCH >= 1 are "
                 "integers, e.g. --memory_child=atent_linf,10,128,authors")
     _memory_child(m, int(k), int(b), v)
     return
@@ -454,7 +441,7 @@ def main(argv) -> None:
   for name, minimum, example in (("batch", 1, 128), ("repeats", 1, 5), ("warmup", 0, 2),
                                  ("threads", 1, 2)):
     if a[name].value < minimum:
-      _bad_flag(f"--{name}={a[name].value} must be >= {minimum}, e.g. --{name}={example}")
+      light_cli.bad_flag(f"--{name}={a[name].value} must be >= {minimum}, e.g. --{name}={example}")
   for method in a.methods:
     for variant in (a.variants if method.startswith("atent") else ["-"]):
       for K in ([0] if method == "sgd" else ks):

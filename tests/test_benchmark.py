@@ -121,32 +121,25 @@ def test_reference_rejects_unknown_variant_and_method():
     torch_reference.make_step("atent", 2, 4)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--K=10,x"], "error: --K=10,x is not a comma-separated list of integers"),
-    (["--K=0"], "error: --K=0: every K must be >= 1"),
-    (["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
-    (["--reference", "--attacks"], "error: --reference and --attacks: use one at a time"),
-    (["--repeats=0"], "error: --repeats and --batch must be >= 1"),
-    (["--no_such_flag=1"], "error: Unknown command line flag 'no_such_flag'"),
+@pytest.mark.parametrize("script,args,message", [
+    ("benchmark.py", ["--K=10,x"], "error: --K=10,x is not a comma-separated list of integers"),
+    ("benchmark.py", ["--K=0"], "error: --K=0: every K must be >= 1"),
+    ("benchmark.py", ["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
+    ("benchmark.py", ["--reference", "--attacks"],
+     "error: --reference and --attacks: use one at a time"),
+    ("benchmark.py", ["--repeats=0"], "error: --repeats and --batch must be >= 1"),
+    ("benchmark.py", ["--no_such_flag=1"], "error: Unknown command line flag 'no_such_flag'"),
+    ("torch_reference.py", ["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
+    ("torch_reference.py", ["--K", "10,x"],
+     "error: --K=10,x is not a comma-separated list of integers"),
+    ("torch_reference.py", ["--memory_child=sgd,1"],
+     "error: --memory_child=sgd,1: use METHOD,K,BATCH,VARIANT"),
+    ("torch_reference.py", ["--_memory-child"],
+     "error: Unknown command line flag '_memory-child'"),
 ])
-def test_bad_flags_are_one_line_and_exit_2(args, message):
-  script = os.path.join(os.path.dirname(benchmark.__file__), "benchmark.py")
-  proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
-                        timeout=120, check=False)
-  assert proc.returncode == 2, proc.stderr
-  assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
-  assert proc.stdout == ""
-
-
-@pytest.mark.parametrize("args,message", [
-    (["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
-    (["--K", "10,x"], "error: --K=10,x is not a comma-separated list of integers"),
-    (["--memory_child=sgd,1"], "error: --memory_child=sgd,1: use METHOD,K,BATCH,VARIANT"),
-    (["--_memory-child"], "error: Unknown command line flag '_memory-child'"),
-])
-def test_torch_reference_bad_flags_are_one_line_and_exit_2(args, message):
-  script = os.path.join(os.path.dirname(torch_reference.__file__), "torch_reference.py")
-  proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+def test_bad_flags_are_one_line_and_exit_2(script, args, message):
+  path = os.path.join(os.path.dirname(benchmark.__file__), script)
+  proc = subprocess.run([sys.executable, path, *args], capture_output=True, text=True,
                         timeout=120, check=False)
   assert proc.returncode == 2, proc.stderr
   assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
