@@ -7,6 +7,15 @@
 # finished row is a no-op), so a session can be stopped at any time and the next one continues.
 #   bash experiments/verdict_train.sh            # from the repository root
 set -u
+# nice 19 alone is not enough on Linux with autogroup scheduling (sched_autogroup_enabled=1):
+# CPU time is first split between sessions, and a process that starts its own session (a
+# Jupyter kernel, nbclient's, pytest's subprocesses with start_new_session) then gets only half
+# a core against nice-19 training in another session. So the training runs in its own session
+# whose autogroup is niced too; everything else on the machine goes first.
+if [ -z "${VERDICT_OWN_SESSION:-}" ] && command -v setsid > /dev/null; then
+  VERDICT_OWN_SESSION=1 exec setsid bash "$0" "$@"
+fi
+echo 19 2> /dev/null > /proc/self/autogroup || true
 cd "$(dirname "$0")/.."
 out=results/verdict/table2
 mkdir -p "$out/logs"
