@@ -103,6 +103,7 @@ def in_ball_and_box(x, adv, eps, norm):
 # --- tests ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.core
 def test_checkpoints_follow_the_papers_recursion():
   # p_0 = 0, p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06); w_j = ceil(p_j N).
   p = [0.0, 0.22]
@@ -118,6 +119,7 @@ def test_checkpoints_follow_the_papers_recursion():
   assert list(interval[is_ck]) == list(np.diff([0] + expected))
 
 
+@pytest.mark.core
 @pytest.mark.parametrize("norm,loss,num_classes", [
     ("linf", "ce", 2), ("l2", "ce", 2),  # two classes: the CE gradient is normal to the boundary
     ("linf", "dlr-targeted", 10), ("l2", "dlr", 10)])
@@ -149,6 +151,7 @@ def test_exact_robust_accuracy_on_an_affine_classifier(norm, loss, num_classes):
     np.testing.assert_array_equal(np.asarray(again.adv), adv)   # deterministic for a key
 
 
+@pytest.mark.core
 def test_step_halves_at_every_checkpoint_when_the_loss_never_improves():
   # A constant model: zero gradient, the loss never increases, so rule 1 (fewer than 75% of the
   # steps improved) halves the step at each of the 8 checkpoints of a 100-step run.
@@ -215,6 +218,7 @@ def test_apgd_ce_raises_the_loss_on_a_conv_net():
   np.testing.assert_allclose(np.asarray(host.loss_best), np.asarray(res.loss_best), rtol=1e-5)
 
 
+@pytest.mark.core
 def test_apgd_targeted_on_cross_entropy_returns_points_of_the_ball():
   _, _, x, y, logits_fn = affine_problem(4, "linf", seed=2, batch=6, side=3)
   adv = jax.jit(lambda x, y: apgd_targeted(
@@ -231,6 +235,7 @@ def test_apgd_targeted_on_cross_entropy_returns_points_of_the_ball():
     ({"loss": "dlr-targeted", "num_target_classes": 4}, "num_target_classes"),
     ({"loop": "gpu"}, "loop"),
 ])
+@pytest.mark.core
 def test_bad_arguments_raise_value_errors_naming_them(kwargs, name):
   _, _, x, y, logits_fn = affine_problem(4, "linf", batch=2, side=2)
   args = {"norm": "linf", "eps": 0.1, **kwargs}
@@ -238,6 +243,7 @@ def test_bad_arguments_raise_value_errors_naming_them(kwargs, name):
     apgd(logits_fn, x, y, jax.random.PRNGKey(0), **args)
 
 
+@pytest.mark.core
 def test_bad_models_and_labels_raise_value_errors():
   _, _, x, y, logits_fn = affine_problem(4, "linf", batch=2, side=2)
   key = jax.random.PRNGKey(0)

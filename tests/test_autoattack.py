@@ -27,6 +27,7 @@ KEY = jax.random.PRNGKey(7)
 FAST = {"square": {"num_queries": 200}}
 
 
+@pytest.mark.core
 def test_versions_are_the_references():
   names = lambda v: [m[0] for m in members(v)]
   assert names("standard") == ["apgd-ce", "apgd-t", "fab-t", "square"]
@@ -42,6 +43,7 @@ def test_versions_are_the_references():
   assert all(m[2]["eot_iter"] == 20 for m in members("rand"))
 
 
+@pytest.mark.core
 def test_bucket_sizes():
   assert [bucket_size(c, 64) for c in (1, 15, 16, 17, 33, 64)] == [16, 16, 16, 32, 64, 64]
   assert bucket_size(70, 100) == 100 and bucket_size(5, 8) == 8
@@ -68,6 +70,7 @@ def _check_result(res, x, y, logits_fn, eps, norm):
   assert np.all(np.argmax(logits(res.adv[broken]), -1) != y[broken])
 
 
+@pytest.mark.core
 def test_standard_linf_is_exact_and_at_least_as_strong_as_each_member():
   w, b, x, y, logits_fn = affine_problem(10, "linf", seed=3)
   y[:2] = (y[:2] + 1) % 10                      # two examples misclassified on the clean input
@@ -173,6 +176,7 @@ def test_rand_version_with_a_randomized_model():
     ({"attack_kwargs": {"square": {"eps": 1.0}}}, "attack_kwargs"),
     ({"stochastic": True}, "stochastic"), ({"progress": 3}, "progress"),
 ])
+@pytest.mark.core
 def test_bad_arguments_raise_value_errors_naming_them(kwargs, match):
   _, _, x, y, logits_fn = affine_problem(10, "linf", batch=2, side=2)
   args = {"norm": "linf", "eps": 0.1, **kwargs}
@@ -180,6 +184,7 @@ def test_bad_arguments_raise_value_errors_naming_them(kwargs, match):
     autoattack(logits_fn, x, y, KEY, **args)
 
 
+@pytest.mark.core
 def test_bad_models_and_inputs_raise_value_errors():
   _, _, x, y, logits_fn = affine_problem(10, "linf", batch=2, side=2)
   with pytest.raises(ValueError, match="logits_fn"):

@@ -13,6 +13,8 @@ from scipy import optimize
 from atent_jax.attacks import fab, fab_minimal
 from atent_jax.attacks.fab import project_to_hyperplane_in_box
 
+pytestmark = pytest.mark.core  # the mutation-testing subset (setup.cfg [mutmut])
+
 H, W, C, K = 4, 4, 1, 10
 D = H * W * C
 DUAL_ORD = {"linf": 1, "l2": 2, "l1": np.inf}   # the dual norm of each attack norm

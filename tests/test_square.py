@@ -12,6 +12,8 @@ import pytest
 from atent_jax.attacks import classic, square, square_with_stats
 from atent_jax.attacks.square import l2_window_pattern, p_schedule_level, window_sides
 
+pytestmark = pytest.mark.core  # the mutation-testing subset (setup.cfg [mutmut])
+
 B, H, W, C, K = 12, 12, 12, 1, 10
 EPS = {"linf": 0.15, "l2": 1.5}
 
