@@ -89,11 +89,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-  """WORKDIR/.lock: one run per workdir (see the module docstring)."""
+  """WORKDIR/.lock: one run per workdir (see the module docstring). `name` gives another file
+  in the folder the same protection (one chunk of an evaluation per process)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, name: str = LOCK_NAME):
     self.workdir = workdir
-    self.path = os.path.join(workdir, LOCK_NAME)
+    self.path = os.path.join(workdir, name)
     self._fd: int | None = None
 
   def _read_holder(self, fd: int) -> dict:

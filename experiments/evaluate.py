@@ -29,7 +29,10 @@ keys and batches that the unchunked evaluation (same --batch_size and --seed) gi
 examples, and the sanity checks and masking flags run at the merge on the first examples, so
 the merged file equals the unchunked one (times aside). A chunk written with other settings
 (checkpoint, split, seed, batch size, attacks, norm, eps, or other examples) is an error naming
-the field; delete RUN/robustness_chunks to start over.
+the field; delete RUN/robustness_chunks to start over. Several processes may run the same
+command at once (e.g. one per core, `taskset -c 0` and `taskset -c 1`): each takes the next chunk
+no other process holds (a lock file beside it, START-STOP.lock), and the one that writes the
+last chunk merges.
 
 Attack names (--attacks, comma separated), derived from atent_jax.attacks.registry:
 NAME[@EPS][:key=value]..., e.g. pgd20_linf@0.3:step=0.0375 or square:num_queries=1000.
@@ -72,9 +75,10 @@ from absl import flags
 
 import atent_jax  # noqa: F401  (sets the XLA flags; JAX reads them at its first computation)
 from atent_jax import cli, evaluation, runs
+from atent_jax import workdir as workdir_lib
 from atent_jax.attacks import registry
 from atent_jax.data import load_dataset
-from atent_jax.errors import ConfigError
+from atent_jax.errors import ConfigError, WorkdirError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run to evaluate.")
@@ -270,21 +274,42 @@ def evaluate_in_chunks(apply, variables, images, labels, specs, split_name):
   print(f"chunks of {size}: {len(parts)} of {len(plan)} done already in {chunk_dir}",
         flush=True)
   key = jax.random.PRNGKey(FLAGS.seed)
+
+  def read_new_chunks():
+    """Chunks another process finished since we looked."""
+    for c in plan:
+      if c not in parts and os.path.exists(path_of(*c)):
+        parts[c] = read_chunk(path_of(*c), settings_of(*c))
+
   for i, (a, b) in enumerate(plan):
+    read_new_chunks()
     if (a, b) in parts:
       continue
-    t0 = time.time()
-    try:
-      result = evaluation.evaluate_attacks(
-          apply, images[a:b], labels[a:b], specs, key, FLAGS.batch_size, params=variables,
-          sanity_checks=False, masking_checks=False, verbose=True, progress=FLAGS.progress,
-          offset=a)
-    except ValueError as e:  # bad attack arguments, a model output of the wrong shape
-      raise ConfigError(str(e)) from None
-    result = json.loads(json.dumps(result, default=str))
     os.makedirs(chunk_dir, exist_ok=True)
-    write_atomically(path_of(a, b), json.dumps({"settings": settings_of(a, b),
-                                                "result": result}, indent=1))
+    # One process per chunk, so that several processes (e.g. one per core) can share the
+    # evaluation; the kernel frees the lock of a process that dies.
+    lock = workdir_lib.RunLock(chunk_dir, name=f"{a:06d}-{b:06d}.lock")
+    try:
+      lock.acquire()
+    except WorkdirError:  # another live process holds it
+      continue
+    try:
+      read_new_chunks()  # finished between our look and the lock
+      if (a, b) in parts:
+        continue
+      t0 = time.time()
+      try:
+        result = evaluation.evaluate_attacks(
+            apply, images[a:b], labels[a:b], specs, key, FLAGS.batch_size, params=variables,
+            sanity_checks=False, masking_checks=False, verbose=True, progress=FLAGS.progress,
+            offset=a)
+      except ValueError as e:  # bad attack arguments, a model output of the wrong shape
+        raise ConfigError(str(e)) from None
+      result = json.loads(json.dumps(result, default=str))
+      write_atomically(path_of(a, b), json.dumps({"settings": settings_of(a, b),
+                                                  "result": result}, indent=1))
+    finally:
+      lock.release()
     parts[(a, b)] = result
     print(f"chunk {i + 1}/{len(plan)} (examples {a}-{b}) written to {path_of(a, b)} "
           f"({time.time() - t0:.0f} s)", flush=True)
@@ -294,6 +319,13 @@ def evaluate_in_chunks(apply, variables, images, labels, specs, split_name):
             f"chunks remain (examples {left[0][0]}-{n}): rerun the same command to continue",
             flush=True)
       return None
+  read_new_chunks()
+  left = [c for c in plan if c not in parts]
+  if left:
+    print(f"{len(left)} of {len(plan)} chunks are being evaluated by other processes "
+          f"(examples {', '.join(f'{a}-{b}' for a, b in left)}): the process that writes the "
+          "last chunk merges them; or rerun this command once they have stopped", flush=True)
+    return None
   try:
     merged = evaluation.merge_results([parts[c] for c in plan], labels)
     return evaluation.add_checks(

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atent_jax import evaluation
+from atent_jax import evaluation, workdir
 from atent_jax.errors import ConfigError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -130,7 +130,9 @@ def _read(path):
 @pytest.fixture(scope="module")
 def chunked_runs(tiny_run_template, tmp_path_factory):
   """One unchunked evaluation; the same in chunks of 8, stopped by --max_seconds=0 after the
-  first chunk, then resumed (with the first chunk's times changed to show it is read back).
+  first chunk, then resumed (with the first chunk's times changed to show it is read back) while
+  this process holds the last chunk's lock, as a second evaluation process would; then resumed
+  once more, after the lock is released, which evaluates the last chunk and merges.
   (The sanity checks' equality after a merge is test_chunks_merge_to_the_whole_evaluation's.)"""
   base = tmp_path_factory.mktemp("chunks")
   whole, chunked = str(base / "whole"), str(base / "chunked")
@@ -150,9 +152,18 @@ def chunked_runs(tiny_run_template, tmp_path_factory):
   with open(first, "w") as f:
     json.dump(chunk, f)
   first_bytes, first_mtime = open(first, "rb").read(), os.stat(first).st_mtime_ns
-  resumed = _run(f"--workdir={chunked}", *_ARGS, "--chunk_size=8")
+  lock = workdir.RunLock(chunk_dir, name=_CHUNKS[2].replace(".json", ".lock")).acquire()
+  try:
+    resumed = _run(f"--workdir={chunked}", *_ARGS, "--chunk_size=8")
+  finally:
+    lock.release()
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  return {"whole": _read(os.path.join(whole, "robustness.json")),
+  after_busy = sorted(os.listdir(chunk_dir))
+  merged_after_busy = os.path.exists(os.path.join(chunked, "robustness.json"))
+  last = _run(f"--workdir={chunked}", *_ARGS, "--chunk_size=8")
+  assert last.returncode == 0, last.stderr[-3000:]
+  return {"after_busy": after_busy, "merged_after_busy": merged_after_busy, "last": last,
+          "whole": _read(os.path.join(whole, "robustness.json")),
           "chunked": _read(os.path.join(chunked, "robustness.json")), "stopped": stopped,
           "resumed": resumed, "after_stop": after_stop, "merged_after_stop": merged_after_stop,
           "first": (first, first_bytes, first_mtime), "chunk_dir": chunk_dir}
@@ -165,13 +176,20 @@ def test_chunked_cli_equals_unchunked(chunked_runs):
   assert sorted(os.listdir(chunked_runs["chunk_dir"])) == _CHUNKS
 
 
+def test_chunked_cli_leaves_a_chunk_another_process_holds(chunked_runs):
+  assert chunked_runs["after_busy"] == _CHUNKS[:2] and not chunked_runs["merged_after_busy"]
+  assert ("1 of 3 chunks are being evaluated by other processes (examples 16-20)"
+          in chunked_runs["resumed"].stdout)
+
+
 def test_chunked_cli_stops_on_its_budget_and_resumes_without_recomputing(chunked_runs):
   assert chunked_runs["after_stop"] == _CHUNKS[:1] and not chunked_runs["merged_after_stop"]
   assert "2 of 3 chunks remain (examples 8-20)" in chunked_runs["stopped"].stdout
   assert "1 of 3 done already" in chunked_runs["resumed"].stdout
-  written = [line for line in chunked_runs["resumed"].stdout.splitlines()
-             if line.startswith("chunk ")]
-  assert [line.split(" (examples ")[1].split(")")[0] for line in written] == ["8-16", "16-20"]
+  assert "2 of 3 done already" in chunked_runs["last"].stdout
+  written = [[line.split(" (examples ")[1].split(")")[0] for line in chunked_runs[run].stdout
+              .splitlines() if line.startswith("chunk ")] for run in ("resumed", "last")]
+  assert written == [["8-16"], ["16-20"]]
   path, data, mtime = chunked_runs["first"]
   assert open(path, "rb").read() == data and os.stat(path).st_mtime_ns == mtime
   # The first chunk's (edited) times are in the merge: it was read back, not evaluated again.
