@@ -220,10 +220,11 @@ def _assert_one_error_and_nothing_written(out, workdir, args):
   return lines[0]
 
 
+# One token per kind of error; every message of the grammar: test_registry_grammar_errors.
 @pytest.mark.parametrize("attacks,match", [
     ("nope", "'nope' is not a known attack"), ("autoattack@0", "eps=0.0"),
-    ("square@-1", "eps=-1.0"), ("fab_t_l1", "norm 'l1' is not supported"),
-    ("autoattack:version=fast", "version='fast'")])
+    ("fab_t_l1", "norm 'l1' is not supported"), ("autoattack:version=fast", "version='fast'"),
+    ("pgd20_linf:steps=3", "is not an option")])
 def test_evaluate_cli_bad_attacks_exit_2_writing_nothing(tiny_run, attacks, match):
   workdir = tiny_run
   out = _run(f"--workdir={workdir}", f"--attacks=pgd3_linf,{attacks}", "--num_examples=4")
