@@ -10,6 +10,7 @@ restores them with `atent_jax.checkpoint`.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import jax
@@ -38,6 +39,16 @@ def load_run(workdir: str, which: str = "best") -> tuple[ml_collections.ConfigDi
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
   return config, model, variables
+
+
+def weights_sha1(variables) -> str:
+  """A fingerprint of a model's weights (names and bytes of every array): two evaluations
+  with the same fingerprint attacked the same model."""
+  h = hashlib.sha1()
+  for path, leaf in jax.tree_util.tree_leaves_with_path(variables):
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+  return h.hexdigest()
 
 
 def load_classifier(workdir: str, which: str = "best"):

@@ -15,10 +15,12 @@ attacks the same model three ways:
   torchattacks (as shipped)  torchattacks.AutoAttack(version='standard'), which runs APGD, APGD-T
                        and FAB with torchattacks' default of 10 iterations, not the reference's 100.
 --num_steps, --num_target_classes and --num_queries reduce the budget of both ours and
-torchattacks (ref) alike (recorded, and said in the README). The PyTorch attacks see the JAX
-model through atent_jax.interop.torch_module (forward in JAX, backward by jax.vjp). Every
-outcome is judged by the same forward pass: robust = correct on the clean image and on the
-attack's image.
+torchattacks (ref) alike (recorded, and said in the README). --ours_from=RUN/robustness.json
+takes our outcomes from an evaluation already made (same weights, checked by their SHA-1; the
+first --num_test test images; the full budget), so only the PyTorch side runs. The PyTorch
+attacks see the JAX model through atent_jax.interop.torch_module (forward in JAX, backward by
+jax.vjp). Every outcome is judged by the same forward pass: robust = correct on the clean image
+and on the attack's image.
 
 Writes OUT/crosscheck.json (robust accuracies, per-example outcomes as bitmaps, the example-by-
 example agreement, times, versions) and OUT/README.md (the table, the command, the machine).
@@ -45,6 +47,7 @@ from tqdm.auto import tqdm
 
 import atent_jax
 from atent_jax import cli, evaluation, interop
+from atent_jax import runs as runs_lib
 from atent_jax.attacks import autoattack
 from atent_jax.data import load_dataset
 from atent_jax.errors import ConfigError
@@ -65,6 +68,10 @@ flags.DEFINE_integer("num_steps", 100, "Iterations of APGD, APGD-T and FAB-T on 
                      "(the reference: 100; fewer is a reduced-budget check).")
 flags.DEFINE_integer("num_target_classes", 9, "Target classes of APGD-T and FAB-T, both sides.")
 flags.DEFINE_integer("num_queries", 5000, "Square's queries on both sides (the reference: 5000).")
+flags.DEFINE_string("ours_from", None, "Take our side from this robustness.json (written by "
+                    "experiments/evaluate.py with --attacks=...autoattack... on the same run's "
+                    "weights and the first --num_test or more test images, full budget) instead "
+                    "of running our AutoAttack again: half the time.")
 
 _TORCH_NORM = {"linf": "Linf", "l2": "L2"}
 
@@ -108,6 +115,49 @@ def max_perturbation(x: np.ndarray, adv: np.ndarray, norm: str) -> float:
   return float((np.abs(d).max(-1) if norm == "linf" else np.linalg.norm(d, axis=-1)).max())
 
 
+def ours_from_file(path: str, weights_sha1: str, test_labels: np.ndarray, n: int, norm: str,
+                   eps: float) -> dict:
+  """Our side of the cross-check from an evaluate.py robustness.json: its AutoAttack-standard
+  outcome on the first n test images. ConfigError naming what does not match."""
+  try:
+    with open(path) as f:
+      record = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"--ours_from={path} is not a readable robustness.json ({e})") from None
+  if record.get("weights_sha1") != weights_sha1:
+    raise ConfigError(f"--ours_from={path}: its weights_sha1={record.get('weights_sha1')!r} is "
+                      f"not this run's checkpoint ({weights_sha1}): evaluate this checkpoint "
+                      "with experiments/evaluate.py (a file from before 2026-12-07 has none: "
+                      "rerun its command, which merges its chunks again)")
+  examples = record.get("examples", {})
+  if (record.get("eval_split") != "test" or examples.get("indices", {}).get("start") != 0
+      or examples.get("count", 0) < n):
+    raise ConfigError(f"--ours_from={path} did not evaluate the first {n} test images (split "
+                      f"{record.get('eval_split')!r}, examples {examples.get('indices')}): use "
+                      "a --num_test it covers")
+  standard = [a for a in record.get("attacks", []) if a.get("attack") == "autoattack"
+              and a.get("kwargs", {}).get("version") == "standard"
+              and not a.get("kwargs", {}).get("attacks")
+              and not a.get("kwargs", {}).get("attack_kwargs")
+              and a.get("norm") == norm and abs(float(a.get("eps", -1)) - eps) < 1e-9]
+  if not standard:
+    raise ConfigError(f"--ours_from={path} holds no full-budget AutoAttack standard at {norm} "
+                      f"eps {eps:g}: evaluate with --attacks=autoattack (and that norm and eps)")
+  entry, count = standard[0], examples["count"]
+  labels_sha1 = evaluation.examples_record(test_labels[:count])["labels_sha1"]
+  if examples.get("labels_sha1") != labels_sha1:
+    raise ConfigError(f"--ours_from={path}: the labels of its {count} examples are not those of "
+                      "the first test images here: evaluate the same data (--data_dir)")
+  robust = evaluation.decode_mask(entry["robust_examples"], count)[:n]
+  members = entry.get("members", [])
+  return {"robust_accuracy": float(robust.mean()),
+          "robust_examples": evaluation.encode_mask(robust),
+          "broken_by_member": {m["member"]: int(evaluation.decode_mask(
+              m["broken_examples"], count)[:n].sum()) for m in members},
+          "max_perturbation": entry.get("max_perturbation"),
+          "seconds": entry.get("seconds"), "seconds_for_examples": count, "from": path}
+
+
 def agreement(a: np.ndarray, b: np.ndarray) -> dict:
   return {"both_robust": int((a & b).sum()), "only_first": int((a & ~b).sum()),
           "only_second": int((~a & b).sum()), "neither": int((~a & ~b).sum()),
@@ -138,10 +188,10 @@ def main(argv):
     data_config = config.data.copy_and_resolve_references()
     data_config.dir = FLAGS.data_dir
   dataset = load_dataset(data_config)
-  images, labels = dataset.split("test")
-  split_size = len(labels)
+  images, test_labels = dataset.split("test")
+  split_size = len(test_labels)
   images = np.asarray(images[:FLAGS.num_test], np.float32)
-  labels = np.asarray(labels[:FLAGS.num_test], np.int32)
+  labels = np.asarray(test_labels[:FLAGS.num_test], np.int32)
   logits_fn = jax.jit(lambda x: model.apply(variables, x, train=False))
   num_classes = int(logits_fn(images[:1]).shape[-1])
   predict = lambda x: np.asarray(logits_fn(x)).argmax(-1)
@@ -158,20 +208,34 @@ def main(argv):
                       "num_target_classes": FLAGS.num_target_classes},
             "square": {"num_queries": FLAGS.num_queries}}
   reduced = (FLAGS.num_steps, FLAGS.num_target_classes, FLAGS.num_queries) != (100, 9, 5000)
-  t0 = time.time()
-  with tqdm(total=4, desc="ours", unit="attack", file=sys.stderr, leave=False) as bar:
-    def progress(member, still_robust):
-      if member != "clean":
-        bar.update(1)
-      bar.set_postfix_str(f"{member}: still robust {still_robust}")
-    ours = autoattack(logits_fn, images, labels, jax.random.PRNGKey(FLAGS.seed), norm=norm,
-                      eps=eps, batch_size=FLAGS.batch_size, progress=progress,
-                      attack_kwargs=budget)
-  ours_seconds = time.time() - t0
-  ours_robust = (predict(images) == labels) & np.concatenate(
-      [predict(ours.adv[i:i + FLAGS.batch_size]) == labels[i:i + FLAGS.batch_size]
-       for i in range(0, len(labels), FLAGS.batch_size)])
-  print(f"ours: robust accuracy {ours_robust.mean():.4f} ({ours_seconds:.0f} s)", flush=True)
+  if FLAGS.ours_from:
+    if reduced:
+      raise ConfigError("--ours_from reads a full-budget evaluation: leave --num_steps, "
+                        "--num_target_classes and --num_queries at 100, 9 and 5000")
+    ours_record = ours_from_file(FLAGS.ours_from, runs_lib.weights_sha1(variables),
+                                 np.asarray(test_labels, np.int32), len(labels), norm, eps)
+  else:
+    t0 = time.time()
+    with tqdm(total=4, desc="ours", unit="attack", file=sys.stderr, leave=False) as bar:
+      def progress(member, still_robust):
+        if member != "clean":
+          bar.update(1)
+        bar.set_postfix_str(f"{member}: still robust {still_robust}")
+      ours = autoattack(logits_fn, images, labels, jax.random.PRNGKey(FLAGS.seed), norm=norm,
+                        eps=eps, batch_size=FLAGS.batch_size, progress=progress,
+                        attack_kwargs=budget)
+    ours_seconds = time.time() - t0
+    ours_robust = (predict(images) == labels) & np.concatenate(
+        [predict(ours.adv[i:i + FLAGS.batch_size]) == labels[i:i + FLAGS.batch_size]
+         for i in range(0, len(labels), FLAGS.batch_size)])
+    ours_record = {"robust_accuracy": float(ours_robust.mean()),
+                   "robust_examples": evaluation.encode_mask(ours_robust),
+                   "broken_by_member": {m: int(ours.per_attack[m].sum()) for m in ours.order},
+                   "max_perturbation": max_perturbation(images, ours.adv, norm),
+                   "seconds": ours_seconds}
+  ours_robust = evaluation.decode_mask(ours_record["robust_examples"], len(labels))
+  print(f"ours: robust accuracy {ours_robust.mean():.4f} ({ours_record['seconds']:.0f} s"
+        f"{', from ' + FLAGS.ours_from if FLAGS.ours_from else ''})", flush=True)
 
   module = interop.torch_module(logits_fn)
   torch.manual_seed(FLAGS.seed)
@@ -206,11 +270,7 @@ def main(argv):
       "examples": {**evaluation.examples_record(labels), "split": "test",
                    "split_size": split_size},
       "clean_accuracy": float((predict(images) == labels).mean()),
-      "ours": {"robust_accuracy": float(ours_robust.mean()),
-               "robust_examples": evaluation.encode_mask(ours_robust),
-               "broken_by_member": {m: int(ours.per_attack[m].sum()) for m in ours.order},
-               "max_perturbation": max_perturbation(images, ours.adv, norm),
-               "seconds": ours_seconds},
+      "ours": ours_record,
       **runs, "machine": machine()}
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "crosscheck.json"), "w") as f:
@@ -247,6 +307,10 @@ def readme(r: dict, source: str) -> str:
             r["command"], "```", "",
             (f"Machine: {m['platform']}, {m['cpu_count']} CPUs, devices {m['jax_devices']}; "
             f"jax {m['jax']}, torch {m['torch']}, torchattacks {m['torchattacks']}.")]
+  if "from" in r["ours"]:
+    lines.append(f"Ours: read from {r['ours']['from']} (an evaluation of the same weights; its "
+                 f"time is for its {r['ours']['seconds_for_examples']} images, with its "
+                 "evaluate.py batch size), not run again here.")
   if n < r["examples"]["split_size"]:
     lines.append(f"Reduced scale: {n} of the {r['examples']['split_size']:,} test images.")
   if r["reduced_budget"]:

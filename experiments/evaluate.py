@@ -185,11 +185,6 @@ def sha1_of(*arrays) -> str:
 
 def chunk_settings(specs, variables, split_name) -> dict:
   """What a chunk's figures depend on besides its examples, in the order fields are compared."""
-  leaves = jax.tree_util.tree_leaves_with_path(variables)
-  weights = hashlib.sha1()
-  for path, leaf in leaves:
-    weights.update(jax.tree_util.keystr(path).encode())
-    weights.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
   attacks = []
   for spec in specs:
     spec = evaluation.normalise_spec(spec)
@@ -197,7 +192,7 @@ def chunk_settings(specs, variables, split_name) -> dict:
     attacks.append({"norm": registry.get(spec["attack"]).norm_of(kwargs),
                     "eps": kwargs.get("eps"), "attack": spec["attack"], "name": spec["name"],
                     "kwargs": kwargs})
-  settings = {"checkpoint": {"which": FLAGS.which, "weights_sha1": weights.hexdigest()},
+  settings = {"checkpoint": {"which": FLAGS.which, "weights_sha1": runs.weights_sha1(variables)},
               "split": split_name, "seed": FLAGS.seed, "batch_size": FLAGS.batch_size,
               "attacks": attacks}
   return json.loads(json.dumps(settings, default=str))  # as read back from a chunk file
@@ -394,7 +389,8 @@ def main(argv):
       raise ConfigError(str(e)) from None
   results.update({"workdir": os.path.abspath(workdir), "method": config.method,
                   "model": config.model.name, "eval_split": split_name,
-                  "checkpoint": FLAGS.which, "seed": FLAGS.seed,
+                  "checkpoint": FLAGS.which, "weights_sha1": runs.weights_sha1(variables),
+                  "seed": FLAGS.seed,
                   "command": shlex.join(["python", "experiments/evaluate.py",
                                          *sys.argv[1:]])})
   results["examples"]["split"] = split_name

@@ -3,6 +3,11 @@ files (no test run), then per module a seeded random sample proportional to its 
 (at least 4). Run from the repository root; writes the names, one a line, to OUT:
 
   python results/mutation/sample.py 120 18 results/mutation/sample.txt
+  python results/mutation/sample.py 40 31 results/mutation/sample_autoattack.txt \
+      atent_jax.attacks.apgd,atent_jax.attacks.fab,atent_jax.attacks.square,atent_jax.attacks.autoattack
+
+The optional fourth argument keeps only the named modules (comma separated): a sample of them
+alone, in proportion among themselves.
 
 Mutant names (module.x_function__mutmut_N) depend on the source: a sample is tied to its commit.
 """
@@ -22,7 +27,7 @@ from mutmut.__main__ import (
 )
 
 
-def main(size: int, seed: int, out: str) -> None:
+def main(size: int, seed: int, out: str, modules: tuple[str, ...] = ()) -> None:
   set_mutant_under_test("mutant_generation")
   copy_src_dir()
   copy_also_copy_files()
@@ -32,7 +37,13 @@ def main(size: int, seed: int, out: str) -> None:
   for meta in sorted(glob.glob("mutants/**/*.meta", recursive=True)):
     with open(meta) as f:
       for name in json.load(f)["exit_code_by_key"]:
-        by_module[name.split(".x")[0]].append(name)
+        module = name.split(".x")[0]
+        if not modules or module in modules:
+          by_module[module].append(name)
+  missing = set(modules) - set(by_module)
+  if missing:
+    sys.exit(f"error: no mutants of {sorted(missing)}: name modules of setup.cfg's only_mutate "
+             "as dotted paths (atent_jax.attacks.fab)")
   total = sum(len(v) for v in by_module.values())
   rng = random.Random(seed)
   sample = []
@@ -47,4 +58,5 @@ def main(size: int, seed: int, out: str) -> None:
 
 
 if __name__ == "__main__":
-  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+  main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3],
+       tuple(sys.argv[4].split(",")) if len(sys.argv) > 4 else ())
