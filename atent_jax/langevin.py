@@ -58,14 +58,15 @@ def validate_optimizer_args(*, norm, eps, step_size, num_steps, noise_scale=0.0,
   if not isinstance(num_steps, int) or isinstance(num_steps, bool) or num_steps < 1:
     raise ValueError(f"num_steps={num_steps!r} is not valid: use an integer >= 1")
   for name, value in (("eps", eps), ("step_size", step_size)):
-    if not _is_number(value) or not value > 0:
+    if not is_number(value) or not value > 0:
       raise ValueError(f"{name}={value!r} is not valid: use a number > 0")
   for name, value in (("noise_scale", noise_scale), ("gamma", gamma)):
-    if not _is_number(value) or value < 0:
+    if not is_number(value) or value < 0:
       raise ValueError(f"{name}={value!r} is not valid: use a number >= 0")
 
 
-def _is_number(v) -> bool:
+def is_number(v) -> bool:
+  """A finite real number (the check of every numeric argument of the sampler and attacks)."""
   try:
     return math.isfinite(float(v))
   except (TypeError, ValueError):

@@ -274,7 +274,7 @@ def _weights_of_run(workdir: str, state) -> dict:
   return out
 
 
-def _check_resume_config(config, workdir: str) -> None:
+def check_resume_config(config, workdir: str) -> None:
   """A workdir's checkpoints are resumed only with the config they were trained with."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
@@ -362,7 +362,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
       name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
   if has_checkpoints:
-    _check_resume_config(config, workdir)
+    check_resume_config(config, workdir)
   elif config.train.init_from:
     state = state.replace(**_weights_of_run(config.train.init_from, state))
     print(f"initialised weights from {config.train.init_from}", flush=True)

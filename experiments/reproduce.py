@@ -325,7 +325,7 @@ def training_finished(workdir: str, num_epochs: int) -> bool:
 def check_compatible(config, workdir: str) -> None:
   """ConfigError when `workdir` holds a run of another config (train.py's resume rule)."""
   from atent_jax import train  # pylint: disable=import-outside-toplevel
-  train._check_resume_config(config, workdir)  # pylint: disable=protected-access
+  train.check_resume_config(config, workdir)
 
 
 def compatible(config, workdir: str) -> bool:

@@ -104,7 +104,7 @@ def _default_key(key):
 def _check_positive(name, value, allow_none=False):
   if value is None and allow_none:
     return
-  if not langevin._is_number(value) or not value > 0:  # pylint: disable=protected-access
+  if not langevin.is_number(value) or not value > 0:
     raise ValueError(f"{name}={value!r} is not valid: use a number > 0")
 
 
@@ -228,7 +228,7 @@ def cw_l2_minimal(logits_fn, x, y, key=None, *, binary_search_steps=9, num_steps
   _check_int("num_steps", num_steps)
   _check_positive("learning_rate", learning_rate)
   _check_positive("initial_const", initial_const)
-  if not langevin._is_number(kappa) or kappa < 0:  # pylint: disable=protected-access
+  if not langevin.is_number(kappa) or kappa < 0:
     raise ValueError(f"kappa={kappa!r} is not valid: use a number >= 0")
   del key  # deterministic
   x = jnp.asarray(x)
@@ -303,7 +303,7 @@ def deepfool_minimal(logits_fn, x, y, key=None, *, norm="l2", num_steps=50, over
   langevin.check_choice("norm", norm, langevin.NORMS)
   _check_int("num_steps", num_steps)
   _check_int("num_candidates", num_candidates, lo=2)
-  if not langevin._is_number(overshoot) or overshoot < 0:  # pylint: disable=protected-access
+  if not langevin.is_number(overshoot) or overshoot < 0:
     raise ValueError(f"overshoot={overshoot!r} is not valid: use a number >= 0")
   del key  # deterministic
   x = jnp.asarray(x)
