@@ -168,6 +168,31 @@ def test_fab_at_eps_keeps_points_in_the_ball_and_box():
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_the_overshoot_past_the_boundary_stays_in_the_box(norm):
+  """FAB steps 1.05x the projection (the reference's overshoot eta); where the projection takes
+  a pixel to the box's edge, the overshoot would leave [0, 1] unless clipped. Two classes,
+  w_1 - w_0 > 0 everywhere: the boundary is reached by raising every pixel, half of which start
+  at 0.95 (room 0.05) and half at 0.5, so the nearest boundary point puts the first half at 1."""
+  rng = np.random.default_rng(7)
+  w = np.zeros((D, 2), np.float32)
+  w[:, 1] = rng.uniform(0.5, 1.5, size=D)
+  x = np.where(np.arange(D) % 2 == 0, 0.95, 0.5).astype(np.float32)
+  x = np.stack([x, x[::-1]]).reshape(2, H, W, C)
+  # z_1 - z_0 = w_1 . x + b: -0.15 * sum(w_1) at x, so a uniform rise of 0.15 would reach it.
+  b = np.array([0.0, -float(x[0].reshape(-1) @ w[:, 1]) - 0.15 * float(w[:, 1].sum())],
+               np.float32)
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ jnp.asarray(w) + jnp.asarray(b)
+  y = np.zeros(2, np.int32)
+  assert np.all(np.argmax(logits_fn(x), -1) == y)
+  adv, _, success = fab_minimal(logits_fn, x, y, jax.random.PRNGKey(0), norm=norm,
+                                num_target_classes=1)
+  adv = np.asarray(adv)
+  assert np.all(np.asarray(success))
+  assert np.any(adv == 1.0)            # the edge was reached
+  assert adv.min() >= 0 and adv.max() <= 1
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_fab_reaches_the_minimum_where_the_box_binds(norm):
   """Pixels at 0, 0.5 and 1: the minimal perturbation inside [0, 1] is larger than the
   unconstrained one. For an affine model it is the smallest, over the other classes j, of the

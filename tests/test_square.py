@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 
 from atent_jax.attacks import classic, square, square_with_stats
-from atent_jax.attacks.square import l2_window_pattern, p_schedule_level, window_sides
+from atent_jax.attacks.square import (
+    l2_proposal,
+    l2_window_pattern,
+    p_schedule_level,
+    window_sides,
+)
 
 pytestmark = pytest.mark.core  # the mutation-testing subset (setup.cfg [mutmut])
 
@@ -219,3 +224,24 @@ def test_bad_model_output_or_inputs():
     square(logits_fn, x.reshape(2, -1), y, key, norm="linf", eps=0.1)
   with pytest.raises(ValueError, match="y"):
     square(logits_fn, x, y.astype(np.float32), key, norm="linf", eps=0.1)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_l2_proposal_moves_mass_between_two_windows_and_keeps_the_norm(seed):
+  """One l_2 query (the reference's rule) on a one-channel image at distance eps: window 2's
+  perturbation moves into window 1, so the perturbation keeps its l_2 norm eps and nothing
+  outside the two side x side windows changes. (With C channels the reference gives window 1
+  C times window 2's mass and renormalises the whole image: the invariant is for C = 1, as
+  on MNIST.) x at 0.5 and eps 0.5 keep [0, 1] from binding (checked)."""
+  rng = np.random.default_rng(seed)
+  eps, side, channels = 0.5, 3, 1
+  x = np.full((12, 12, channels), 0.5, np.float32)
+  delta = rng.normal(size=x.shape)
+  x_best = (x + eps * delta / np.linalg.norm(delta)).astype(np.float32)
+  pattern = jnp.asarray(l2_window_pattern(side), jnp.float32)
+  x_new = np.asarray(l2_proposal(jax.random.PRNGKey(seed), jnp.asarray(x), jnp.asarray(x_best),
+                                 eps, side, pattern), np.float64)
+  assert 0 < x_new.min() and x_new.max() < 1      # the box did not bind
+  np.testing.assert_allclose(np.linalg.norm(x_new - x), eps, rtol=1e-4)
+  changed = np.any(np.abs(x_new - x_best) > 1e-6, axis=-1)   # (H, W)
+  assert 0 < changed.sum() <= 2 * side * side

@@ -128,7 +128,9 @@ def _linf_init(key, x, eps):
   return jnp.clip(x + eps * stripes, 0.0, 1.0)
 
 
-def _linf_proposal(key, x, x_best, eps, side):
+def linf_proposal(key, x, x_best, eps, side):
+  """One l_inf query of one image: a random side x side window of x_best moved to x +- eps (one
+  random sign per channel), the result kept in the eps-ball around x and in [0, 1]."""
   k_win, k_sign = jax.random.split(key)
   mask, _, _ = _window(k_win, side, x.shape[0], x.shape[1])
   sign = _signs(k_sign, (x.shape[-1],), x.dtype)
@@ -149,7 +151,7 @@ def _l2_init(key, x, eps, blocks):
   return jnp.clip(x + eps * _unit_l2(delta), 0.0, 1.0)
 
 
-def _l2_proposal(key, x, x_best, eps, side, patterns):
+def l2_proposal(key, x, x_best, eps, side, patterns):
   """Moves the l_2 mass of window 2 into window 1, where the old perturbation (per channel
   unit-normalised) plus a random signed bump replaces it, scaled so the perturbation's l_2 norm
   stays eps; the result is renormalised to eps and clipped to [0, 1]."""
@@ -213,11 +215,11 @@ def square_with_stats(logits_fn, x, y, key, *, norm, eps, num_queries=5000, p_in
     patterns = jnp.asarray(patterns, x.dtype)
     blocks = jnp.asarray(_l2_init_patterns(height, width), x.dtype)
     init = jax.vmap(lambda k, xi: _l2_init(k, xi, eps, blocks))
-    propose = jax.vmap(lambda k, xi, xb, level: _l2_proposal(
+    propose = jax.vmap(lambda k, xi, xb, level: l2_proposal(
         k, xi, xb, eps, sides[level], patterns[level]), (0, 0, 0, None))
   else:
     init = jax.vmap(lambda k, xi: _linf_init(k, xi, eps))
-    propose = jax.vmap(lambda k, xi, xb, level: _linf_proposal(k, xi, xb, eps, sides[level]),
+    propose = jax.vmap(lambda k, xi, xb, level: linf_proposal(k, xi, xb, eps, sides[level]),
                        (0, 0, 0, None))
   fold = jax.vmap(jax.random.fold_in, (0, None))
 

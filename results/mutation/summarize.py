@@ -8,15 +8,19 @@ NAMES.txt: one mutant name per line (the sample that was run). mutmut's exit-cod
 """
 
 import collections
+import configparser
 import json
 import subprocess
 import sys
 
-# The files setup.cfg's [mutmut] only_mutate lists.
-MUTATED = ("atent_jax/langevin.py", "atent_jax/attacks/classic.py", "atent_jax/smoothing.py",
-           *(f"atent_jax/methods/{m}.py" for m in (
-               "common", "sgd", "atent", "pgd_at", "trades", "mart", "mma", "entropy_sgd",
-               "noise_aug")))
+
+def mutated_files() -> list[str]:
+  """The files setup.cfg's [mutmut] only_mutate lists."""
+  parser = configparser.ConfigParser()
+  parser.read("setup.cfg")
+  return parser["mutmut"]["only_mutate"].split()
+
+
 STATUS = {1: "killed", 0: "survived", 33: "no tests", -24: "timeout", 24: "timeout",
           152: "timeout", 3: "killed", None: "not run"}
 
@@ -25,7 +29,7 @@ def main(names_file: str) -> None:
   with open(names_file) as f:
     names = [line.strip() for line in f if line.strip()]
   codes = {}
-  for meta in MUTATED:
+  for meta in mutated_files():
     try:
       with open(f"mutants/{meta}.meta") as f:
         codes.update(json.load(f)["exit_code_by_key"])
