@@ -576,3 +576,20 @@ def test_evaluate_cli_user_errors_exit_2(tiny_run, tmp_path):
     assert out.returncode == 2, (args, out.stderr[-1500:])
     lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
     assert len(lines) == 1, (args, out.stderr[-1500:])
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("attack,kwargs,name", [
+    ("cw_l2_minimal", {"num_steps": 0}, "num_steps"),
+    ("cw_l2_minimal", {"binary_search_steps": 0}, "binary_search_steps"),
+    ("cw_l2_minimal", {"num_steps": True}, "num_steps"),
+    ("deepfool_minimal", {"num_candidates": 1}, "num_candidates"),
+    ("deepfool_minimal", {"num_steps": -3}, "num_steps"),
+    ("fgsm", {"eps": 0.1, "norm": "l1"}, "norm"),
+])
+def test_bad_integers_and_choices_name_the_argument_first(attack, kwargs, name):
+  """An integer below its minimum (or a bool) is refused, and the message starts with the
+  argument's name (a message naming another argument fails)."""
+  logits_fn, x, y = _binary_linear()[:3]
+  with pytest.raises(ValueError, match=rf"^{name}="):
+    getattr(attacks, attack)(logits_fn, x, y, None, **kwargs)

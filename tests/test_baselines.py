@@ -404,6 +404,37 @@ def test_mart_step_is_its_loss_at_its_examples(setup):
       float(np.mean(np.argmax(np.asarray(adv_logits), -1) == np.asarray(y))))
 
 
+@pytest.mark.core
+def test_mma_step_is_its_loss_at_its_margin_points(setup):
+  """make_mma: clean_weight * CE(x) + (1 - clean_weight) * (CE at the margin point where the
+  clean x is classified correctly, else CE at x), margin points from mma_margin_points
+  (fold_in(rng, 1)); written out here in NumPy. (The setup model has no dropout, so its keys,
+  rng and fold_in(rng, 2), are not checked here.)"""
+  model, params, bs, x, y = setup
+  config = _config("mma", **{"mma.max_eps": 0.3, "mma.clean_weight": 0.25})
+  rng = jax.random.PRNGKey(5)
+  logits, bs1 = methods.train_forward(model, params, bs, x, rng)
+  # Half the labels are the clean prediction, so both branches of the margin term are used.
+  y = np.where(np.arange(len(y)) % 2 == 0, np.argmax(np.asarray(logits), -1), np.asarray(y))
+  y = jnp.asarray(y, jnp.int32)
+  loss, _, _, aux = methods.make_grad_fn(config, model)(params, bs, x, y, rng)
+  points, dist, found = methods.mma_margin_points(config, model, params, bs, x, y,
+                                                  jax.random.fold_in(rng, 1))
+  margin_logits, _ = methods.train_forward(model, params, bs1, points, jax.random.fold_in(rng, 2))
+
+  def ce(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(-1, keepdims=True)
+    return np.log(np.exp(z).sum(-1)) - z[np.arange(len(z)), np.asarray(y)]
+  correct = np.argmax(np.asarray(logits), -1) == np.asarray(y)
+  assert 0 < correct.sum() < len(correct)
+  want = 0.25 * ce(logits).mean() + 0.75 * np.where(correct, ce(margin_logits), ce(logits)).mean()
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  assert float(aux["train_accuracy"]) == pytest.approx(correct.mean())
+  want_eps = np.where(np.asarray(found), np.asarray(dist), 0.3).mean()
+  assert float(aux["mma_mean_eps"]) == pytest.approx(want_eps, rel=1e-5)
+
+
 class _InputBlind(nn.Module):
   """Logits of the input behind stop_gradient: sign steps are 0, an inner maximisation's point
   is its start."""

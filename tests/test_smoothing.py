@@ -411,3 +411,23 @@ def test_cli_user_errors_exit_2(tmp_path):
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], proc.stderr
+
+
+@pytest.mark.core
+@pytest.mark.parametrize("n_a,n,name", [(2.5, 10, "n_a"), (3, 7.5, "n"), (11, 10, "n_a"),
+                                        (0, 0, "n")])
+def test_lower_confidence_bound_names_the_bad_count_first(n_a, n, name):
+  with pytest.raises(ValueError, match=rf"^{name}="):
+    smoothing.lower_confidence_bound(n_a, n, 0.001)
+
+
+@pytest.mark.core
+def test_certify_dataset_defaults_to_cohens_alpha():
+  """alpha defaults to 0.001 (Cohen et al.'s setting): for a classifier that always says class
+  0, every radius is sigma * Phi^-1(alpha^(1/n)), the Clopper-Pearson bound of n out of n."""
+  always_zero = lambda z: jnp.stack([jnp.ones(z.shape[0]), jnp.zeros(z.shape[0])], -1)
+  images, labels = np.stack([_half(), _half()]), np.zeros(2, np.int32)
+  results = smoothing.certify_dataset(always_zero, images, labels, sigma=0.25, n0=10, n=10,
+                                      key=jax.random.key(0), batch_size=10, progress=False)
+  want = 0.25 * stats.norm.ppf(0.001 ** (1 / 10))
+  assert [r["radius"] for r in results] == pytest.approx([want, want], rel=1e-9)
