@@ -6,7 +6,9 @@ stopping it, before committing results/verdict:
   python experiments/verdict_status.py --session=2026-12-01
 
 Per row: the epochs done and the step of the last checkpoint (what the next session resumes
-from), then the training loop's per-epoch validation check (clean / PGD-20 %) at a few epochs.
+from), the training loop's per-epoch validation check (clean / PGD-20 %) at a few epochs, and
+how far the test-set evaluation that verdict_train.sh runs after training is (chunks done, or
+its robust accuracies once merged).
 Rows not started yet are listed as such. The README's text between "Status at the end of" and
 "Machine: the project's" is replaced; the rest is left as it is.
 """
@@ -44,22 +46,35 @@ def _progress(row: str):
   return by_epoch, (steps[-1] if steps else None)
 
 
+def _test_chunks(row: str) -> str:
+  """How far the row's test-set evaluation is: merged, k of 10 chunks, or not started."""
+  path = os.path.join(BASE, row, "robustness.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      res = json.load(f)
+    return "; ".join(f"{a['name']} {100 * a['robust_accuracy']:.1f}" for a in res["attacks"])
+  chunk_dir = os.path.join(BASE, row, "robustness_chunks")
+  done = len([n for n in os.listdir(chunk_dir) if n.endswith(".json")]) if os.path.isdir(
+      chunk_dir) else 0
+  return f"{done} of 10 chunks" if done else "not started"
+
+
 def status_table(columns: int) -> str:
   progress = {row: _progress(row) for row in ROWS}
   reached = sorted({e for by_epoch, _ in progress.values() for e in by_epoch})
   shown = reached[-columns:]
-  lines = ["| row | epochs done | " + " | ".join(map(str, shown)) + " |",
-           "|---|---:|" + "---|" * len(shown)]
+  lines = ["| row | epochs done | " + " | ".join(map(str, shown)) + " | test set (first 1,000) |",
+           "|---|---:|" + "---|" * len(shown) + "---|"]
   for row, label in ROWS.items():
     by_epoch, step = progress[row]
     if not by_epoch:
-      lines.append(f"| {label} | 0 (not started) |" + " |" * len(shown))
+      lines.append(f"| {label} | 0 (not started) |" + " |" * len(shown) + " |")
       continue
     cells = [f"{100 * by_epoch[e]['clean_accuracy']:.1f} / "
              f"{100 * by_epoch[e]['robust_accuracy']:.1f}" if e in by_epoch else ""
              for e in shown]
     done = f"{max(by_epoch)} (checkpoint at step {step})" if step is not None else max(by_epoch)
-    lines.append(f"| {label} | {done} | " + " | ".join(cells) + " |")
+    lines.append(f"| {label} | {done} | " + " | ".join(cells) + f" | {_test_chunks(row)} |")
   return "\n".join(lines)
 
 

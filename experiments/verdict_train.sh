@@ -5,6 +5,11 @@
 # and MART on core 1, so that ATENT's row, the longest, never waits for a core. Every row
 # resumes exactly from its last checkpoint in results/verdict/table2/ROW when this is rerun (a
 # finished row is a no-op), so a session can be stopped at any time and the next one continues.
+# A row that has finished training is then evaluated on the first 1,000 test images with the
+# paper's attack (PGD-20, 10 restarts), PGD-100 and AutoAttack, in chunks of 100 written to
+# ROW/robustness_chunks/ as they finish (about 2 core-hours a row here; a rerun resumes them;
+# the last chunk merges them into ROW/robustness.json). The core a row trained on then goes to
+# the next row: core 0 ATENT then SGD; core 1 PGD-AT then MART, beside TRADES.
 #   bash experiments/verdict_train.sh            # from the repository root
 set -u
 # nice 19 alone is not enough on Linux with autogroup scheduling (sched_autogroup_enabled=1):
@@ -24,12 +29,20 @@ train() {  # core, row
     --config="experiments/configs/verdict_table2.py:$2" --workdir="$out/$2" \
     --config.train.progress_bar=False >> "$out/logs/$2.log" 2>&1
 }
+evaluate() {  # core, row: only a row whose training ended (exit 0) is evaluated
+  taskset -c "$1" nice -n 19 python experiments/evaluate.py --workdir="$out/$2" \
+    --num_examples=1000 --attacks=pgd20_linf:restarts=10,pgd100_linf,autoattack \
+    --batch_size=100 --chunk_size=100 --noprogress >> "$out/logs/$2.eval.log" 2>&1
+}
+row() {  # core, row
+  train "$1" "$2" && evaluate "$1" "$2"
+}
 rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
-  (train 0 atent_linf) &
-  (train 1 pgd_at; train 1 sgd; train 1 mart) &
-  (train 1 trades) &
+  (row 0 atent_linf; row 0 sgd) &
+  (row 1 pgd_at; row 1 mart) &
+  (row 1 trades) &
 else
-  for r in "${rows[@]}"; do (train "${CORE:-1}" "$r") & done
+  for r in "${rows[@]}"; do (row "${CORE:-1}" "$r") & done
 fi
 wait
