@@ -54,24 +54,28 @@ from atent_jax.errors import ConfigError
 from atent_jax.runs import load_run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The training run whose model is attacked.")
-flags.DEFINE_integer("num_test", 1000, "Attack the first N test images.")
-flags.DEFINE_float("eps", None, "Radius (default: the run's config.eval.eps).")
-flags.DEFINE_enum("norm", None, ["linf", "l2"], "Norm (default: the run's config.eval.norm).")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to attack.")
-flags.DEFINE_integer("batch_size", 250, "Images per attack call.")
-flags.DEFINE_integer("seed", 0, "Seed of both implementations.")
-flags.DEFINE_string("out", None, "Output folder (default: results/crosscheck_<run name>).")
-flags.DEFINE_string("data_dir", None, "Override config.data.dir.")
-flags.DEFINE_bool("shipped", True, "Also run torchattacks.AutoAttack as shipped (10 iterations).")
-flags.DEFINE_integer("num_steps", 100, "Iterations of APGD, APGD-T and FAB-T on both sides "
-                     "(the reference: 100; fewer is a reduced-budget check).")
-flags.DEFINE_integer("num_target_classes", 9, "Target classes of APGD-T and FAB-T, both sides.")
-flags.DEFINE_integer("num_queries", 5000, "Square's queries on both sides (the reference: 5000).")
-flags.DEFINE_string("ours_from", None, "Take our side from this robustness.json (written by "
-                    "experiments/evaluate.py with --attacks=...autoattack... on the same run's "
-                    "weights and the first --num_test or more test images, full budget) instead "
-                    "of running our AutoAttack again: half the time.")
+def define_flags() -> None:
+  """The command's flags: defined when it runs as a script, not on import (a test that imports
+  this module next to another script's would otherwise define --workdir twice)."""
+  flags.DEFINE_string("workdir", None, "The training run whose model is attacked.")
+  flags.DEFINE_integer("num_test", 1000, "Attack the first N test images.")
+  flags.DEFINE_float("eps", None, "Radius (default: the run's config.eval.eps).")
+  flags.DEFINE_enum("norm", None, ["linf", "l2"], "Norm (default: the run's config.eval.norm).")
+  flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to attack.")
+  flags.DEFINE_integer("batch_size", 250, "Images per attack call.")
+  flags.DEFINE_integer("seed", 0, "Seed of both implementations.")
+  flags.DEFINE_string("out", None, "Output folder (default: results/crosscheck_<run name>).")
+  flags.DEFINE_string("data_dir", None, "Override config.data.dir.")
+  flags.DEFINE_bool("shipped", True, "Also run torchattacks.AutoAttack as shipped (10 iterations).")
+  flags.DEFINE_integer("num_steps", 100, "Iterations of APGD, APGD-T and FAB-T on both sides "
+                       "(the reference: 100; fewer is a reduced-budget check).")
+  flags.DEFINE_integer("num_target_classes", 9, "Target classes of APGD-T and FAB-T, both sides.")
+  flags.DEFINE_integer("num_queries", 5000, "Square's queries on both sides (the reference: 5000).")
+  flags.DEFINE_string("ours_from", None, "Take our side from this robustness.json (written by "
+                      "experiments/evaluate.py with --attacks=...autoattack... on the same run's "
+                      "weights and the first --num_test or more test images, full budget) instead "
+                      "of running our AutoAttack again: half the time.")
+
 
 _TORCH_NORM = {"linf": "Linf", "l2": "L2"}
 
@@ -321,4 +325,5 @@ def readme(r: dict, source: str) -> str:
 
 
 if __name__ == "__main__":
+  define_flags()
   cli.run(main, sys.argv)

@@ -17,7 +17,7 @@ from atent_jax.errors import ConfigError
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "experiments"))
-import crosscheck_autoattack as crosscheck  # noqa: E402  (its flags are defined, not parsed)
+import crosscheck_autoattack as crosscheck  # noqa: E402  (defines no flags on import)
 
 _LABELS = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3], np.int32)  # the "test split"
 _ROBUST = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 1], bool)
