@@ -8,6 +8,14 @@ does them, and computes dW as kh*kw shifted-slice contractions
     dW[i, j] = sum_{n,h,w} xpad[n, h+i, w+j, :]^T dy[n, h, w, :]
 accumulated over cache-sized chunks of `chunk` examples in a `lax.scan` (3-4x faster on CPU).
 
+`forward="im2col"` also replaces the forward convolution (not dX) by blocked im2col: patches of
+`IM2COL_BLOCK` examples at a time, one matmul per block. XLA:CPU's own forward is slow for
+some shapes (SmallCNN's conv2, 26x26 32->32: 96-104 ms of CPU at batch 128, against 30-37 ms;
+results/benchmark_cpu/README.md) and at par or faster for others, so it is chosen per layer.
+Under `jax.vmap` (the sampler and PGD run per example) a `custom_vmap` rule folds the mapped
+axis into the batch, so the blocks stay blocks. Same maths, a different float32 summation
+order than XLA's conv.
+
 Limits (documented, by design):
   * stride 1, no dilation, no feature groups; NHWC input, HWIO kernel.
   * `conv2d` is a `jax.custom_vjp`: reverse mode (jax.grad, jax.vjp) works, also under jit and
@@ -40,6 +48,10 @@ PaddingLike = str | int | Sequence[int] | Sequence[Sequence[int]]
 DEFAULT_CHUNK = 8
 # lax.scan unroll factor of the dW accumulation loop (2 did not help in the full model, 4 hurt).
 SCAN_UNROLL = 1
+# Examples per block of the im2col forward (results/benchmark_cpu/conv_forward.py: 2 was the
+# fastest for SmallCNN's conv2 on a 2-core AMD EPYC, 4 close, 16 much slower).
+IM2COL_BLOCK = 2
+_FORWARDS = ("xla", "im2col")
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _VALID_IMPLS = ("auto", "chunked", "xla")
@@ -147,10 +159,56 @@ def _conv_dw(x: jax.Array, dy: jax.Array, kernel_shape, pads, chunk: int) -> jax
   return dw
 
 
-def _make_chunked_conv(pads, chunk):
+def _im2col_blocks(x: jax.Array, kernel: jax.Array, pads) -> jax.Array:
+  """The stride-1 conv as blocked im2col: IM2COL_BLOCK examples' patches, one matmul each."""
+  if any(v for p in pads for v in p):
+    x = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  n = x.shape[0]
+  kh, kw, cin, cout = kernel.shape
+  ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  weights = kernel.reshape(kh * kw * cin, cout)
+
+  def one(xb):
+    patches = jnp.concatenate([xb[:, i:i + ho, j:j + wo, :] for i in range(kh)
+                               for j in range(kw)], -1)
+    return jnp.matmul(patches, weights, preferred_element_type=jnp.promote_types(
+        x.dtype, jnp.float32)).astype(jnp.result_type(x, kernel))
+
+  block = IM2COL_BLOCK if n % IM2COL_BLOCK == 0 else 1
+  out = lax.map(one, x.reshape((n // block, block) + x.shape[1:]))
+  return out.reshape((n, ho, wo, cout))
+
+
+def _make_im2col_forward(pads):
+  @jax.custom_batching.custom_vmap
+  def forward(x, kernel):
+    return _im2col_blocks(x, kernel, pads)
+
+  @forward.def_vmap
+  def forward_batched(axis_size, in_batched, x, kernel):
+    del axis_size
+    x_batched, kernel_batched = in_batched
+    if kernel_batched:  # a kernel per mapped element: nothing to fold, map the blocks
+      return jax.vmap(lambda xx, kk: _im2col_blocks(xx, kk, pads),
+                      (0 if x_batched else None, 0))(x, kernel), True
+    if not x_batched:
+      return _im2col_blocks(x, kernel, pads), False
+    # vmap over examples of a batch of N: one batch of V * N examples, blocked as usual.
+    v, n = x.shape[:2]
+    y = _im2col_blocks(x.reshape((v * n,) + x.shape[2:]), kernel, pads)
+    return y.reshape((v, n) + y.shape[1:]), True
+
+  return forward
+
+
+def _make_chunked_conv(pads, chunk, forward="xla"):
+  primal = (_make_im2col_forward(pads) if forward == "im2col" else
+            lambda x, kernel: lax.conv_general_dilated(x, kernel, (1, 1), pads,
+                                                       dimension_numbers=_DN))
+
   @jax.custom_vjp
   def f(x, kernel):
-    return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DN)
+    return primal(x, kernel)
 
   def fwd(x, kernel):
     return f(x, kernel), (x, kernel)
@@ -172,7 +230,8 @@ _CONV_CACHE: dict = {}
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, padding: PaddingLike = "VALID",
-           impl: str | None = None, chunk: int | None = None) -> jax.Array:
+           impl: str | None = None, chunk: int | None = None,
+           forward: str = "xla") -> jax.Array:
   """Stride-1 2-D convolution, NHWC input x HWIO kernel -> NHWC output (no bias).
 
   Args:
@@ -183,18 +242,24 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, padding: PaddingLike = "VALID",
     impl: None (module default, see `set_conv_impl`), "auto", "chunked" or "xla".
     chunk: examples per dW accumulation piece (default `DEFAULT_CHUNK`); any batch size works
       (the remainder is a separate piece).
+    forward: "xla" (default) or "im2col": how the chunked conv computes its forward value
+      (module docstring); ignored where the plain XLA conv is used (impl "xla", or "auto" off
+      the CPU).
 
-  The forward value and dX are XLA's; dW is the chunked shifted-slice sum (same maths, float32
-  accumulation). Reverse-mode only: no jvp / grad-of-grad with impl="chunked".
+  The forward value (with forward="xla") and dX are XLA's; dW is the chunked shifted-slice sum
+  (same maths, float32 accumulation). Reverse-mode only: no jvp / grad-of-grad with
+  impl="chunked".
   """
   if x.ndim != 4 or kernel.ndim != 4:
     raise ValueError(f"conv2d expects NHWC x and HWIO kernel, got {x.shape} and {kernel.shape}")
   if x.shape[3] != kernel.shape[2]:
     raise ValueError(f"input channels {x.shape[3]} != kernel in-channels {kernel.shape[2]}")
   pads = _explicit_padding(padding, kernel.shape[:2])
+  if forward not in _FORWARDS:
+    raise ValueError(f"forward must be one of {_FORWARDS}, got {forward!r}")
   if _resolve_impl(impl) == "xla":
     return lax.conv_general_dilated(x, kernel, (1, 1), pads, dimension_numbers=_DN)
-  key = (pads, int(DEFAULT_CHUNK if chunk is None else chunk))
+  key = (pads, int(DEFAULT_CHUNK if chunk is None else chunk), forward)
   if key[1] < 1:
     raise ValueError(f"chunk must be >= 1, got {chunk}")
   f = _CONV_CACHE.get(key)
@@ -264,6 +329,7 @@ class Conv(nn.Module):
   bias_init: Callable | None = None  # None: PyTorch-like U(+-1/sqrt(fan_in))
   impl: str | None = None
   chunk: int | None = None
+  forward: str = "xla"  # or "im2col": see conv2d
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -282,7 +348,8 @@ class Conv(nn.Module):
                 else pytorch_bias_init(ks[0] * ks[1] * cin))
       bias = self.param("bias", b_init, (self.features,), self.param_dtype)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv2d(x, kernel, padding=self.padding, impl=self.impl, chunk=self.chunk)
+    y = conv2d(x, kernel, padding=self.padding, impl=self.impl, chunk=self.chunk,
+               forward=self.forward)
     if bias is not None:
       y = y + bias
     return y[0] if unbatched else y

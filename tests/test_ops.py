@@ -114,6 +114,59 @@ def test_vmap_over_single_examples():
   assert _rel_err(gw, gw_ref) < 1e-5
 
 
+def _numpy_conv(x, w, pads):
+  """The stride-1 conv as a float64 sum of shifted slices, in NumPy (independent of XLA)."""
+  xp = np.pad(np.asarray(x, np.float64), ((0, 0), pads[0], pads[1], (0, 0)))
+  wn = np.asarray(w, np.float64)
+  kh, kw = wn.shape[:2]
+  ho, wo = xp.shape[1] - kh + 1, xp.shape[2] - kw + 1
+  return sum(np.einsum("nhwc,co->nhwo", xp[:, i:i + ho, j:j + wo], wn[i, j])
+             for i in range(kh) for j in range(kw))
+
+
+@pytest.mark.parametrize("padding,n,cin,cout,k,h", [
+    ("VALID", 8, 32, 32, 3, 12),      # SmallCNN conv2's channels; an even batch: blocks of 2
+    ("SAME", 7, 3, 8, 3, 10),         # an odd batch: blocks of 1
+    (2, 1, 5, 6, 5, 6),
+    (((1, 0), (2, 1)), 4, 16, 16, 3, 7),
+])
+def test_im2col_forward_matches_a_numpy_sum(padding, n, cin, cout, k, h):
+  """forward="im2col": the value against float64 NumPy, alone, jitted, per example under vmap
+  (the sampler's use: the mapped axis is folded into the blocks) and with a kernel per mapped
+  element; its gradients are the plain conv's."""
+  x, w = _data(n, h, cin, cout, k, seed=7)
+  pads = _pads(padding, k)
+  conv = lambda x, w: ops.conv2d(x, w, padding=padding, impl="chunked", forward="im2col")
+  want = _numpy_conv(x, w, pads)
+  assert _rel_err(conv(x, w), want) < 1e-5
+  assert _rel_err(jax.jit(conv)(x, w), want) < 1e-5
+  per_example = jax.jit(jax.vmap(lambda x1: conv(x1[None], w)[0]))(x)
+  assert _rel_err(per_example, want) < 1e-5
+  per_kernel = jax.jit(jax.vmap(conv, (None, 0)))(x, jnp.stack([w, -2 * w]))
+  assert _rel_err(per_kernel[1], -2 * want) < 1e-5
+  loss = lambda conv: lambda x, w: jnp.sum(jnp.sin(conv(x, w)))
+  got = jax.jit(jax.grad(loss(conv), (0, 1)))(x, w)
+  ref = jax.grad(loss(lambda x, w: _ref_conv(x, w, pads)), (0, 1))(x, w)
+  for a, b in zip(got, ref):
+    assert _rel_err(a, b) < 1e-4
+  gx = jax.jit(jax.vmap(jax.grad(lambda x1: loss(conv)(x1[None], w))))(x)
+  assert _rel_err(gx, ref[0]) < 1e-4
+
+
+def test_im2col_forward_dtypes_and_bad_values():
+  x, w = _data(4, 6, 3, 4, 3, seed=8, dtype=jnp.bfloat16)
+  y = ops.conv2d(x, w, impl="chunked", forward="im2col")
+  assert y.dtype == jnp.bfloat16
+  assert _rel_err(y, _numpy_conv(x, w, _pads("VALID", 3))) < 2e-2
+  with jax.enable_x64(True):
+    x, w = _data(4, 6, 3, 4, 3, seed=8, dtype=jnp.float64)
+    y = ops.conv2d(x, w, impl="chunked", forward="im2col")
+    assert y.dtype == jnp.float64
+    assert _rel_err(y, _numpy_conv(x, w, _pads("VALID", 3))) < 1e-12
+  with pytest.raises(ValueError, match="forward"):
+    ops.conv2d(x, w, impl="chunked", forward="fast")
+
+
 def _while_loops(hlo_text: str) -> int:
   """Number of `while` instructions in HLO text: the opcode `while(`, not instruction names
   (%while.3) or metadata (op_name=".../while/body/...")."""

@@ -57,10 +57,13 @@ class SmallCNN(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _normalise(x, self.mean, self.std)
-    conv = lambda f, name: ops.Conv(f, (3, 3), padding="VALID", kernel_init=kaiming_normal,
-                                    bias_init=nn.initializers.zeros, name=name)
+    conv = lambda f, name, forward="xla": ops.Conv(
+        f, (3, 3), padding="VALID", kernel_init=kaiming_normal, bias_init=nn.initializers.zeros,
+        name=name, forward=forward)
     x = nn.relu(conv(32, "conv1")(x))
-    x = nn.relu(conv(32, "conv2")(x))
+    # XLA:CPU's forward conv is about 3x slower than blocked im2col at this shape alone (26x26,
+    # 32->32; results/benchmark_cpu/README.md); off the CPU the plain XLA conv runs.
+    x = nn.relu(conv(32, "conv2", forward="im2col")(x))
     x = ops.max_pool_2x2(x)
     x = nn.relu(conv(64, "conv3")(x))
     x = nn.relu(conv(64, "conv4")(x))

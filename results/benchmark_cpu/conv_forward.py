@@ -1,7 +1,8 @@
 """The forward convolution on XLA:CPU against the same convolution as blocked im2col (patches
 of `c` examples at a time, one matmul each, lax.map over the blocks), per layer shape of
-SmallCNN, ResNet-20 and LeNet5 at batch 128. Process CPU time per call (median of 9 after 2
-warm-up calls), so that a niced process on the same core changes the figures little.
+SmallCNN, ResNet-20 and the classic LeNet-5 (6 and 16 channels, not the library's LeNet5) at
+batch 128. Process CPU time per call (median of 9 after 2 warm-up calls), so that a niced
+process on the same core changes the figures little.
 
   taskset -c 0 python results/benchmark_cpu/conv_forward.py   # about 1 minute
 
@@ -26,8 +27,8 @@ BATCH = 128
 SHAPES = [(28, 1, 32, 3, 0, "SmallCNN conv1"), (26, 32, 32, 3, 0, "SmallCNN conv2"),
           (12, 32, 64, 3, 0, "SmallCNN conv3"), (10, 64, 64, 3, 0, "SmallCNN conv4"),
           (32, 16, 16, 3, 1, "ResNet-20 stage 1"), (16, 32, 32, 3, 1, "ResNet-20 stage 2"),
-          (8, 64, 64, 3, 1, "ResNet-20 stage 3"), (28, 1, 6, 5, 2, "LeNet5 conv1"),
-          (14, 6, 16, 5, 0, "LeNet5 conv2")]
+          (8, 64, 64, 3, 1, "ResNet-20 stage 3"), (28, 1, 6, 5, 2, "classic LeNet-5 conv1"),
+          (14, 6, 16, 5, 0, "classic LeNet-5 conv2")]
 
 
 def cpu_ms(f, *args, repeats=9):
