@@ -1,5 +1,6 @@
-"""The forward convolution on XLA:CPU against the same convolution as blocked im2col (patches
-of `c` examples at a time, one matmul each, lax.map over the blocks), per layer shape of
+"""The forward convolution on XLA:CPU against the same convolution as blocked im2col (the
+library's `ops.conv2d(forward="im2col")`: patches of `block` examples at a time, one matmul
+each, lax.map over the blocks), per layer shape of
 SmallCNN, ResNet-20 and the classic LeNet-5 (6 and 16 channels, not the library's LeNet5) at
 batch 128. Process CPU time per call (median of 9 after 2 warm-up calls), so that a niced
 process on the same core changes the figures little.
@@ -21,6 +22,7 @@ import numpy as np  # noqa: E402
 from jax import lax  # noqa: E402
 
 import atent_jax  # noqa: E402,F401  (the library's XLA flags, as training runs them)
+from atent_jax import ops  # noqa: E402
 
 BATCH = 128
 # (input side, C in, C out, kernel side, padding): the model whose layer it is
@@ -47,17 +49,9 @@ def xla_conv(x, k, pad):
 
 
 def im2col_blocked(x, k, pad, block):
-  x = jnp.pad(x, ((0, 0), pad[0], pad[1], (0, 0)))
-  kh, kw = k.shape[:2]
-  ho, wo = x.shape[1] - kh + 1, x.shape[2] - kw + 1
-  weights = k.reshape(-1, k.shape[-1])
-
-  def one(xb):
-    patches = jnp.concatenate([xb[:, i:i + ho, j:j + wo, :] for i in range(kh)
-                               for j in range(kw)], -1)
-    return patches @ weights
-  blocks = x.reshape((x.shape[0] // block, block) + x.shape[1:])
-  return lax.map(one, blocks).reshape((x.shape[0], ho, wo, k.shape[-1]))
+  """The library's im2col forward (ops.conv2d forward="im2col") with `block` examples a block."""
+  ops.IM2COL_BLOCK = block  # read when the function is traced
+  return ops.conv2d(x, k, padding=pad, impl="chunked", forward="im2col")
 
 
 def main():
