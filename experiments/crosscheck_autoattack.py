@@ -22,6 +22,15 @@ attacks see the JAX model through atent_jax.interop.torch_module (forward in JAX
 jax.vjp). Every outcome is judged by the same forward pass: robust = correct on the clean image
 and on the attack's image.
 
+Resumable and shareable (atent_jax.chunks): our side is one chunk, each PyTorch side one chunk
+per --batch_size images, written to OUT/chunks/ as each finishes. Rerun the same command after
+a kill: what is done is read back, not attacked again (torchattacks' attacks reseed from their
+seed at every call, so a batch's outcome does not depend on the batches before it). Several
+processes may run the command at once (e.g. `taskset -c 0` and `taskset -c 1`): each takes the
+next batch nobody holds, and the one that finishes last writes the result. A chunk written with
+other settings is an error naming the field; delete OUT/chunks to start over. The times are
+summed over the batches.
+
 Writes OUT/crosscheck.json (robust accuracies, per-example outcomes as bitmaps, the example-by-
 example agreement, times, versions) and OUT/README.md (the table, the command, the machine).
 User errors print one `error:` line and exit with code 2.
@@ -46,7 +55,7 @@ from absl import flags
 from tqdm.auto import tqdm
 
 import atent_jax
-from atent_jax import cli, evaluation, interop
+from atent_jax import chunks, cli, evaluation, interop
 from atent_jax import runs as runs_lib
 from atent_jax.attacks import autoattack
 from atent_jax.data import load_dataset
@@ -78,6 +87,7 @@ def define_flags() -> None:
 
 
 _TORCH_NORM = {"linf": "Linf", "l2": "L2"}
+CHUNK_DIR = "chunks"
 
 
 def torchattacks_reference(module, norm: str, eps: float, num_classes: int, seed: int, *,
@@ -99,19 +109,83 @@ def torchattacks_reference(module, norm: str, eps: float, num_classes: int, seed
   return torchattacks.MultiAttack(members)
 
 
-def run_torch_attack(attack, predict, images, labels, batch_size, desc, norm):
-  """The attack over (NHWC) images in batches: (robust mask, max perturbation, seconds)."""
-  robust, worst, t0 = [], 0.0, time.time()
+def attack_batch(attack, predict, x, y, norm) -> dict:
+  """One batch (NHWC) through a torchattacks attack: its per-example outcome and time."""
+  t0 = time.time()
+  adv = attack(torch.tensor(np.transpose(x, (0, 3, 1, 2))), torch.tensor(y, dtype=torch.long))
+  adv = np.transpose(adv.detach().numpy(), (0, 2, 3, 1))
+  robust = (predict(x) == y) & (predict(adv) == y)
+  return {"robust_examples": evaluation.encode_mask(robust),
+          "max_perturbation": max_perturbation(x, adv, norm), "seconds": time.time() - t0}
+
+
+def run_torch_attack(attack, predict, images, labels, batch_size, desc, norm, chunk_dir,
+                     settings):
+  """The attack over (NHWC) images in batches, each batch a chunk (atent_jax.chunks) written
+  to chunk_dir as it finishes: (robust mask, max perturbation, seconds summed over the
+  batches), or None while batches remain that other processes hold. torchattacks' members
+  reseed torch from their seed at every call, so a batch's outcome does not depend on the
+  batches before it: resumed or shared by processes, the result is the uninterrupted one."""
+  plan = chunks.plan(len(labels), batch_size)
+
+  def settings_of(a, b):
+    return dict(settings, examples={
+        "start": a, "stop": b, "images_sha1": chunks.sha1_of(images[a:b]),
+        "labels_sha1": chunks.sha1_of(np.asarray(labels[a:b], np.int32))})
+
   with tqdm(total=len(labels), desc=desc, unit="img", file=sys.stderr, leave=False) as bar:
-    for start in range(0, len(labels), batch_size):
-      x, y = images[start:start + batch_size], labels[start:start + batch_size]
-      adv = attack(torch.tensor(np.transpose(x, (0, 3, 1, 2))), torch.tensor(y, dtype=torch.long))
-      adv = np.transpose(adv.detach().numpy(), (0, 2, 3, 1))
-      worst = max(worst, max_perturbation(x, adv, norm))
-      robust.append((predict(x) == y) & (predict(adv) == y))
-      bar.update(len(y))
-      bar.set_postfix_str(f"still robust {int(np.concatenate(robust).sum())}")
-  return np.concatenate(robust), worst, time.time() - t0
+    def on_written(i, chunk, seconds, done):
+      bar.update(chunk[1] - chunk[0])
+      print(f"{desc}: batch {i + 1}/{len(plan)} (examples {chunk[0]}-{chunk[1]}) written to "
+            f"{chunks.chunk_path(chunk_dir, *chunk)} ({seconds:.0f} s)", flush=True)
+
+    done = chunks.run(chunk_dir, plan, settings_of,
+                      lambda a, b: attack_batch(attack, predict, images[a:b], labels[a:b], norm),
+                      on_written=on_written)
+  left = [c for c in plan if c not in done]
+  if left:
+    print(f"{desc}: {len(left)} of {len(plan)} batches are being attacked by other processes "
+          f"(examples {', '.join(f'{a}-{b}' for a, b in left)}): the process that writes the "
+          "last one writes the result; or rerun this command once they have stopped",
+          flush=True)
+    return None
+  robust = np.concatenate([evaluation.decode_mask(done[c]["robust_examples"], c[1] - c[0])
+                           for c in plan])
+  return (robust, max(done[c]["max_perturbation"] for c in plan),
+          sum(done[c]["seconds"] for c in plan))
+
+
+def run_ours(logits_fn, predict, images, labels, norm, eps, budget, chunk_dir, settings):
+  """Our AutoAttack (standard) on all the images as one resumable chunk: its record, or None
+  while another process computes it."""
+  def compute(a, b):
+    t0 = time.time()
+    with tqdm(total=4, desc="ours", unit="attack", file=sys.stderr, leave=False) as bar:
+      def progress(member, still_robust):
+        if member != "clean":
+          bar.update(1)
+        bar.set_postfix_str(f"{member}: still robust {still_robust}")
+      ours = autoattack(logits_fn, images[a:b], labels[a:b], jax.random.PRNGKey(FLAGS.seed),
+                        norm=norm, eps=eps, batch_size=FLAGS.batch_size, progress=progress,
+                        attack_kwargs=budget)
+    seconds = time.time() - t0
+    robust = (predict(images[a:b]) == labels[a:b]) & np.concatenate(
+        [predict(ours.adv[i:i + FLAGS.batch_size]) == labels[a + i:a + i + FLAGS.batch_size]
+         for i in range(0, b - a, FLAGS.batch_size)])
+    return {"robust_accuracy": float(robust.mean()),
+            "robust_examples": evaluation.encode_mask(robust),
+            "broken_by_member": {m: int(ours.per_attack[m].sum()) for m in ours.order},
+            "max_perturbation": max_perturbation(images[a:b], ours.adv, norm),
+            "seconds": seconds}
+
+  whole = (0, len(labels))
+  settings_of = lambda a, b: dict(settings, examples={
+      "start": a, "stop": b, "images_sha1": chunks.sha1_of(images[a:b]),
+      "labels_sha1": chunks.sha1_of(np.asarray(labels[a:b], np.int32))})
+  done = chunks.run(chunk_dir, [whole], settings_of, compute)
+  if whole not in done:
+    print(f"ours: another process is running it (lock in {chunk_dir})", flush=True)
+  return done.get(whole)
 
 
 def max_perturbation(x: np.ndarray, adv: np.ndarray, norm: str) -> float:
@@ -212,60 +286,54 @@ def main(argv):
                       "num_target_classes": FLAGS.num_target_classes},
             "square": {"num_queries": FLAGS.num_queries}}
   reduced = (FLAGS.num_steps, FLAGS.num_target_classes, FLAGS.num_queries) != (100, 9, 5000)
+  if FLAGS.ours_from and reduced:
+    raise ConfigError("--ours_from reads a full-budget evaluation: leave --num_steps, "
+                      "--num_target_classes and --num_queries at 100, 9 and 5000")
+  weights_sha1 = runs_lib.weights_sha1(variables)
+  # Every side is resumable: ours as one chunk, each PyTorch side batch by batch, all under
+  # OUT/chunks (see atent_jax.chunks); a rerun of the same command reads back what is done.
+  chunk_root = os.path.join(out_dir, CHUNK_DIR)
+  common = {"weights_sha1": weights_sha1, "norm": norm, "eps": eps, "seed": FLAGS.seed,
+            "batch_size": FLAGS.batch_size}
   if FLAGS.ours_from:
-    if reduced:
-      raise ConfigError("--ours_from reads a full-budget evaluation: leave --num_steps, "
-                        "--num_target_classes and --num_queries at 100, 9 and 5000")
-    ours_record = ours_from_file(FLAGS.ours_from, runs_lib.weights_sha1(variables),
+    ours_record = ours_from_file(FLAGS.ours_from, weights_sha1,
                                  np.asarray(test_labels, np.int32), len(labels), norm, eps)
   else:
-    t0 = time.time()
-    with tqdm(total=4, desc="ours", unit="attack", file=sys.stderr, leave=False) as bar:
-      def progress(member, still_robust):
-        if member != "clean":
-          bar.update(1)
-        bar.set_postfix_str(f"{member}: still robust {still_robust}")
-      ours = autoattack(logits_fn, images, labels, jax.random.PRNGKey(FLAGS.seed), norm=norm,
-                        eps=eps, batch_size=FLAGS.batch_size, progress=progress,
-                        attack_kwargs=budget)
-    ours_seconds = time.time() - t0
-    ours_robust = (predict(images) == labels) & np.concatenate(
-        [predict(ours.adv[i:i + FLAGS.batch_size]) == labels[i:i + FLAGS.batch_size]
-         for i in range(0, len(labels), FLAGS.batch_size)])
-    ours_record = {"robust_accuracy": float(ours_robust.mean()),
-                   "robust_examples": evaluation.encode_mask(ours_robust),
-                   "broken_by_member": {m: int(ours.per_attack[m].sum()) for m in ours.order},
-                   "max_perturbation": max_perturbation(images, ours.adv, norm),
-                   "seconds": ours_seconds}
-  ours_robust = evaluation.decode_mask(ours_record["robust_examples"], len(labels))
-  print(f"ours: robust accuracy {ours_robust.mean():.4f} ({ours_record['seconds']:.0f} s"
-        f"{', from ' + FLAGS.ours_from if FLAGS.ours_from else ''})", flush=True)
+    ours_record = run_ours(logits_fn, predict, images, labels, norm, eps, budget,
+                           os.path.join(chunk_root, "ours"), dict(common, budget=budget))
+  if ours_record is not None:
+    ours_robust = evaluation.decode_mask(ours_record["robust_examples"], len(labels))
+    print(f"ours: robust accuracy {ours_robust.mean():.4f} ({ours_record['seconds']:.0f} s"
+          f"{', from ' + FLAGS.ours_from if FLAGS.ours_from else ''})", flush=True)
 
   module = interop.torch_module(logits_fn)
-  torch.manual_seed(FLAGS.seed)
-  ref_robust, ref_max, ref_seconds = run_torch_attack(
-      torchattacks_reference(module, norm, eps, num_classes, FLAGS.seed,
-                             steps=FLAGS.num_steps, targets=FLAGS.num_target_classes,
-                             queries=FLAGS.num_queries), predict, images,
-      labels, FLAGS.batch_size, "torchattacks (reference settings)", norm)
-  print(f"torchattacks, reference settings: robust accuracy {ref_robust.mean():.4f} "
-        f"({ref_seconds:.0f} s)", flush=True)
-  runs = {"torchattacks_reference": {
-      "robust_accuracy": float(ref_robust.mean()), "robust_examples":
-      evaluation.encode_mask(ref_robust), "max_perturbation": ref_max, "seconds": ref_seconds,
-      "agreement_with_ours": agreement(ours_robust, ref_robust)}}
+  torch_settings = dict(common, torchattacks=torchattacks.__version__)
+  sides = {"torchattacks_reference": (
+      "torchattacks (reference settings)",
+      torchattacks_reference(module, norm, eps, num_classes, FLAGS.seed, steps=FLAGS.num_steps,
+                             targets=FLAGS.num_target_classes, queries=FLAGS.num_queries),
+      dict(torch_settings, budget=budget))}
   if FLAGS.shipped:
-    shipped = torchattacks.AutoAttack(module, norm=_TORCH_NORM[norm], eps=eps,
-                                      version="standard", n_classes=num_classes, seed=FLAGS.seed)
-    sh_robust, sh_max, sh_seconds = run_torch_attack(shipped, predict, images, labels,
-                                                     FLAGS.batch_size, "torchattacks.AutoAttack",
-                                                     norm)
-    print(f"torchattacks.AutoAttack as shipped: robust accuracy {sh_robust.mean():.4f} "
-          f"({sh_seconds:.0f} s)", flush=True)
-    runs["torchattacks_shipped"] = {
-        "robust_accuracy": float(sh_robust.mean()),
-        "robust_examples": evaluation.encode_mask(sh_robust), "max_perturbation": sh_max,
-        "seconds": sh_seconds, "agreement_with_ours": agreement(ours_robust, sh_robust)}
+    sides["torchattacks_shipped"] = (
+        "torchattacks.AutoAttack",
+        torchattacks.AutoAttack(module, norm=_TORCH_NORM[norm], eps=eps, version="standard",
+                                n_classes=num_classes, seed=FLAGS.seed),
+        dict(torch_settings, budget="torchattacks.AutoAttack(version='standard') as shipped"))
+  outcomes = {}
+  for side, (desc, attack, settings) in sides.items():
+    outcomes[side] = run_torch_attack(attack, predict, images, labels, FLAGS.batch_size, desc,
+                                      norm, os.path.join(chunk_root, side), settings)
+    if outcomes[side] is not None:
+      print(f"{desc}: robust accuracy {outcomes[side][0].mean():.4f} "
+            f"({outcomes[side][2]:.0f} s)", flush=True)
+  if ours_record is None or any(o is None for o in outcomes.values()):
+    print(f"not every side is done: {chunk_root} holds what is; the process that finishes "
+          "last writes the result (or rerun this command)", flush=True)
+    return
+  runs = {side: {"robust_accuracy": float(robust.mean()),
+                 "robust_examples": evaluation.encode_mask(robust), "max_perturbation": worst,
+                 "seconds": seconds, "agreement_with_ours": agreement(ours_robust, robust)}
+          for side, (robust, worst, seconds) in outcomes.items()}
 
   result = {
       "command": command, "workdir": os.path.abspath(FLAGS.workdir), "method": config.method,

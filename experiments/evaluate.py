@@ -59,10 +59,8 @@ nothing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import re
 import shlex
 import sys
 import time
@@ -74,11 +72,10 @@ import numpy as np
 from absl import flags
 
 import atent_jax  # noqa: F401  (sets the XLA flags; JAX reads them at its first computation)
-from atent_jax import cli, evaluation, runs
-from atent_jax import workdir as workdir_lib
+from atent_jax import chunks, cli, evaluation, runs
 from atent_jax.attacks import registry
 from atent_jax.data import load_dataset
-from atent_jax.errors import ConfigError, WorkdirError
+from atent_jax.errors import ConfigError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The training run to evaluate.")
@@ -106,7 +103,6 @@ flags.DEFINE_float("max_seconds", None, "With --chunk_size: stop after the chunk
                    "this many seconds, leaving the rest to a rerun of the same command.")
 
 CHUNK_DIR = "robustness_chunks"
-_CHUNK_FILE = re.compile(r"^(\d+)-(\d+)\.json$")
 
 
 def run_defaults(eval_config) -> registry.RunDefaults:
@@ -166,23 +162,6 @@ def report_lines(results: dict) -> list[str]:
   return lines
 
 
-def write_atomically(path: str, text: str) -> None:
-  """A file that is either absent or complete, even when the process is killed mid-write."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-
-
-def sha1_of(*arrays) -> str:
-  h = hashlib.sha1()
-  for a in arrays:
-    h.update(np.ascontiguousarray(a).tobytes())
-  return h.hexdigest()
-
-
 def chunk_settings(specs, variables, split_name) -> dict:
   """What a chunk's figures depend on besides its examples, in the order fields are compared."""
   attacks = []
@@ -198,123 +177,58 @@ def chunk_settings(specs, variables, split_name) -> dict:
   return json.loads(json.dumps(settings, default=str))  # as read back from a chunk file
 
 
-def first_difference(want, have, path=""):
-  """(field path, this command's value, the chunk's value) of the first field that differs, or
-  None. Lists of attacks of another length show their names."""
-  if isinstance(want, dict) and isinstance(have, dict):
-    for k in [*want, *(k for k in have if k not in want)]:
-      sub = f"{path}.{k}" if path else k
-      if k not in want or k not in have:
-        return sub, want.get(k, "(absent)"), have.get(k, "(absent)")
-      found = first_difference(want[k], have[k], sub)
-      if found:
-        return found
-    return None
-  if isinstance(want, list) and isinstance(have, list):
-    if len(want) != len(have):
-      names = lambda xs: [x["name"] if isinstance(x, dict) and "name" in x else x for x in xs]
-      return path, names(want), names(have)
-    for i, (a, b) in enumerate(zip(want, have, strict=True)):
-      found = first_difference(a, b, f"{path}[{i}]")
-      if found:
-        return found
-    return None
-  return None if want == have else (path, want, have)
-
-
-def read_chunk(path: str, settings: dict) -> dict:
-  """A chunk file's result; ConfigError naming the first field that differs from settings."""
-  try:
-    with open(path) as f:
-      chunk = json.load(f)
-    have = chunk["settings"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    raise ConfigError(f"{path} is not a readable chunk ({type(e).__name__}: {e}): delete it to "
-                      "evaluate its examples again") from None
-  found = first_difference(settings, have)
-  if found:
-    field, want, got = found
-    raise ConfigError(
-        f"{path} was written with {field}={got!r}, this command has {want!r}: rerun with that "
-        f"chunk's settings, or delete {os.path.dirname(path)} to start the evaluation over")
-  return chunk["result"]
-
-
 def evaluate_in_chunks(apply, variables, images, labels, specs, split_name):
   """The chunked evaluation of the module docstring: the merged, checked result, or None when
   --max_seconds stopped it before the last chunk."""
   t_start = time.time()
   chunk_dir = os.path.join(FLAGS.workdir, CHUNK_DIR)
   n, size = len(labels), FLAGS.chunk_size
-  plan = [(a, min(a + size, n)) for a in range(0, n, size)]
+  plan = chunks.plan(n, size)
   common = chunk_settings(specs, variables, split_name)
-
-  def settings_of(a, b):
-    return dict(common, examples={"start": a, "stop": b,
-                                  "images_sha1": sha1_of(images[a:b]),
-                                  "labels_sha1": sha1_of(np.asarray(labels[a:b], np.int32))})
-
-  def path_of(a, b):
-    return os.path.join(chunk_dir, f"{a:06d}-{b:06d}.json")
-
-  # Every chunk on disk is checked before anything runs, so a mismatch costs no compute.
-  parts = {(a, b): read_chunk(path_of(a, b), settings_of(a, b)) for a, b in plan
-           if os.path.exists(path_of(a, b))}
-  others = [f for f in (os.listdir(chunk_dir) if os.path.isdir(chunk_dir) else [])
-            if _CHUNK_FILE.match(f) and tuple(map(int, _CHUNK_FILE.match(f).groups())) not in
-            plan]
-  if others:
-    print(f"note: {len(others)} chunk files in {chunk_dir} are not chunks of this command "
-          "(another --chunk_size or --num_examples): ignored", flush=True)
-  print(f"chunks of {size}: {len(parts)} of {len(plan)} done already in {chunk_dir}",
-        flush=True)
   key = jax.random.PRNGKey(FLAGS.seed)
 
-  def read_new_chunks():
-    """Chunks another process finished since we looked."""
-    for c in plan:
-      if c not in parts and os.path.exists(path_of(*c)):
-        parts[c] = read_chunk(path_of(*c), settings_of(*c))
+  def settings_of(a, b):
+    return dict(common, examples={
+        "start": a, "stop": b, "images_sha1": chunks.sha1_of(images[a:b]),
+        "labels_sha1": chunks.sha1_of(np.asarray(labels[a:b], np.int32))})
 
-  for i, (a, b) in enumerate(plan):
-    read_new_chunks()
-    if (a, b) in parts:
-      continue
-    os.makedirs(chunk_dir, exist_ok=True)
-    # One process per chunk, so that several processes (e.g. one per core) can share the
-    # evaluation; the kernel frees the lock of a process that dies.
-    lock = workdir_lib.RunLock(chunk_dir, name=f"{a:06d}-{b:06d}.lock")
+  def compute(a, b):
     try:
-      lock.acquire()
-    except WorkdirError:  # another live process holds it
-      continue
-    try:
-      read_new_chunks()  # finished between our look and the lock
-      if (a, b) in parts:
-        continue
-      t0 = time.time()
-      try:
-        result = evaluation.evaluate_attacks(
-            apply, images[a:b], labels[a:b], specs, key, FLAGS.batch_size, params=variables,
-            sanity_checks=False, masking_checks=False, verbose=True, progress=FLAGS.progress,
-            offset=a)
-      except ValueError as e:  # bad attack arguments, a model output of the wrong shape
-        raise ConfigError(str(e)) from None
-      result = json.loads(json.dumps(result, default=str))
-      write_atomically(path_of(a, b), json.dumps({"settings": settings_of(a, b),
-                                                  "result": result}, indent=1))
-    finally:
-      lock.release()
-    parts[(a, b)] = result
-    print(f"chunk {i + 1}/{len(plan)} (examples {a}-{b}) written to {path_of(a, b)} "
-          f"({time.time() - t0:.0f} s)", flush=True)
-    left = [c for c in plan if c not in parts]
+      return evaluation.evaluate_attacks(
+          apply, images[a:b], labels[a:b], specs, key, FLAGS.batch_size, params=variables,
+          sanity_checks=False, masking_checks=False, verbose=True, progress=FLAGS.progress,
+          offset=a)
+    except ValueError as e:  # bad attack arguments, a model output of the wrong shape
+      raise ConfigError(str(e)) from None
+
+  stopped = []
+
+  def on_written(i, chunk, seconds, done):
+    a, b = chunk
+    print(f"chunk {i + 1}/{len(plan)} (examples {a}-{b}) written to "
+          f"{chunks.chunk_path(chunk_dir, a, b)} ({seconds:.0f} s)", flush=True)
+    left = [c for c in plan if c not in done]
     if left and FLAGS.max_seconds is not None and time.time() - t_start >= FLAGS.max_seconds:
       print(f"stopped: --max_seconds={FLAGS.max_seconds:g} spent; {len(left)} of {len(plan)} "
             f"chunks remain (examples {left[0][0]}-{n}): rerun the same command to continue",
             flush=True)
-      return None
-  read_new_chunks()
+      stopped.append(True)
+      return True
+    return False
+
+  # Every chunk on disk is checked (chunks.read_chunk) before anything runs, so a mismatch
+  # costs no compute.
+  on_disk = {c: chunks.read_chunk(chunks.chunk_path(chunk_dir, *c), settings_of(*c))
+             for c in plan if os.path.exists(chunks.chunk_path(chunk_dir, *c))}
+  others = chunks.foreign_files(chunk_dir, plan)
+  if others:
+    print(f"note: {len(others)} chunk files in {chunk_dir} are not chunks of this command "
+          "(another --chunk_size or --num_examples): ignored", flush=True)
+  print(f"chunks of {size}: {len(on_disk)} of {len(plan)} done already in {chunk_dir}",
+        flush=True)
+  parts = chunks.run(chunk_dir, plan, settings_of, compute, on_written=on_written)
+  if stopped:
+    return None
   left = [c for c in plan if c not in parts]
   if left:
     print(f"{len(left)} of {len(plan)} chunks are being evaluated by other processes "
@@ -397,14 +311,14 @@ def main(argv):
   if FLAGS.chunk_size is not None:
     results["chunks"] = {"chunk_size": FLAGS.chunk_size,
                          "dir": os.path.join(os.path.abspath(workdir), CHUNK_DIR)}
-  write_atomically(os.path.join(workdir, "robustness.json"),
+  chunks.write_atomically(os.path.join(workdir, "robustness.json"),
                    json.dumps(results, indent=2, default=str))
   table = evaluation.markdown_table([(config.method, results)])
   lines = [f"# Robustness of {os.path.basename(os.path.abspath(workdir))}", "",
            (f"Robust accuracy (%) on {len(labels)} {split_name} images "
             f"({dataset.source}); model {config.model.name}, eval mode."), "", table]
   lines += report_lines(results)
-  write_atomically(os.path.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
+  chunks.write_atomically(os.path.join(workdir, "robustness.md"), "\n".join(lines) + "\n")
   print(table, flush=True)
   if "gradient_masking" in results:
     print(evaluation.masking_summary(results["gradient_masking"]), flush=True)

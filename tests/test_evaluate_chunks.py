@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from atent_jax import evaluation, workdir
+from atent_jax import chunks, evaluation, workdir
 from atent_jax.errors import ConfigError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -227,11 +227,9 @@ def test_chunk_of_other_settings_exits_2_writing_nothing(chunked_runs, tiny_run,
     (lambda s: s["checkpoint"].update(weights_sha1="0"), "checkpoint.weights_sha1="),
 ])
 def test_a_chunk_names_the_first_field_that_differs(chunked_runs, edit, field):
-  sys.path.insert(0, os.path.join(_ROOT, "experiments"))
-  import evaluate  # its flags are defined, not parsed: read_chunk does not use them
   first = chunked_runs["first"][0]
   settings = copy.deepcopy(_read(first)["settings"])
-  assert evaluate.read_chunk(first, settings) == _read(first)["result"]
+  assert chunks.read_chunk(first, settings) == _read(first)["result"]
   edit(settings)
   with pytest.raises(ConfigError, match=re.escape(field)):
-    evaluate.read_chunk(first, settings)
+    chunks.read_chunk(first, settings)
