@@ -1,7 +1,9 @@
 """notebooks/atent_quickstart.ipynb runs top to bottom in a fresh kernel, and is stored small.
 
 The notebook is executed with nbclient (as a reader would run it: cells in order, one kernel),
-its working directory and temporary files in the test's tmp_path. The checks: no cell fails,
+its working directory and temporary files in the test's tmp_path. It loads the two
+runs committed in results/quickstart (TRAIN = True, or a copy without them, trains them in the
+notebook instead). The checks: no cell fails,
 the pictures are there (the digits, the training curves, the Langevin samples, the losses along
 the chains, the EMA weights, robust accuracy against eps), and the quantities the pictures show
 are consistent: the sampler's shapes, the EMA recursion equal to the weighted sum, every sample
@@ -23,7 +25,7 @@ NOTEBOOK = os.path.join(ROOT, "notebooks", "atent_quickstart.ipynb")
 _REPORT = """
 import json
 print("TEST_REPORT " + json.dumps({
-    "samples_shape": list(samples.shape), "K": K, "eps": EPS,
+    "samples_shape": list(samples.shape), "K": K, "eps": EPS, "trained_here": TRAIN,
     "last_sample_distance": float(distance[-1].max()),
     "ema_recursion": float(mu), "ema_weighted_sum": float(weights @ losses),
     "weights": [float(w) for w in weights], "epsilons": EPSILONS, "curves": curves}))
@@ -57,6 +59,8 @@ def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   text = "".join(output.get("text", "") for output in notebook.cells[-1].outputs)
   report = json.loads(text.split("TEST_REPORT ", 1)[1])
   k, eps = report["K"], report["eps"]
+  # A checkout has the committed runs (results/quickstart): the notebook loads them, not trains.
+  assert report["trained_here"] is not os.path.isdir(os.path.join(ROOT, "results", "quickstart"))
   assert report["samples_shape"] == [k, 200, 28, 28, 1]
   assert report["last_sample_distance"] <= eps + 1e-6  # x'_K is projected onto the ball
   assert report["ema_recursion"] == pytest.approx(report["ema_weighted_sum"], rel=1e-5)
