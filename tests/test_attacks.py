@@ -1,12 +1,7 @@
-"""Attacks (closed-form answers on linear models, invariants on a tiny conv net), the evaluator
-and the experiments/evaluate.py command line."""
+"""Attacks (closed-form answers on linear models, invariants on a tiny conv net) and the
+evaluator (the experiments/evaluate.py command line: test_evaluate_cli.py)."""
 
 import inspect
-import json
-import os
-import shutil
-import subprocess
-import sys
 import types
 
 import chex
@@ -20,7 +15,6 @@ import pytest
 import atent_jax
 from atent_jax import attacks, configuration, evaluation, metrics, train
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 D = 16
 
 
@@ -529,53 +523,8 @@ def test_exported_names():
                                   "autoattack"}
 
 
-# --- experiments/evaluate.py ------------------------------------------------------------------
-
-def _evaluate(*args):
-  return subprocess.run([sys.executable, os.path.join(_ROOT, "experiments", "evaluate.py"),
-                         *args], capture_output=True, text=True, cwd=_ROOT, timeout=300)
-
-
-def test_evaluate_cli_writes_json_and_markdown(tiny_run):
-  out = _evaluate(f"--workdir={tiny_run}",
-                  "--attacks=pgd3_linf,fgsm_linf,pgd2_l2@1.5,pgd3_linf@0.2:step=0.05",
-                  "--num_examples=16", "--batch_size=16", "--nosanity_checks")
-  assert out.returncode == 0, out.stderr[-2000:]
-  with open(os.path.join(tiny_run, "robustness.json")) as f:
-    res = json.load(f)
-  assert res["num_examples"] == 16
-  names = [(r["name"], r["norm"], r["eps"], r["steps"]) for r in res["attacks"]]
-  assert names == [("PGD-3", "linf", 0.3, 3), ("FGSM-l_inf", "linf", 0.3, 1),
-                   ("PGD-2", "l2", 1.5, 2), ("PGD-3 (step 0.05)", "linf", 0.2, 3)]
-  assert res["attacks"][0]["kwargs"]["step_size"] == 0.01  # the run's eval step
-  assert res["attacks"][3]["kwargs"]["step_size"] == 0.05
-  assert "sanity_checks" not in res  # covered in-process by test_evaluate_attacks_...
-  with open(os.path.join(tiny_run, "robustness.md")) as f:
-    md = f.read()
-  assert "| Defense | Benign | PGD-3 (l_inf 0.3) | FGSM-l_inf (l_inf 0.3) | PGD-2 (l_2 1.5) |" in md
-  assert "| sgd |" in md
-
-
-def test_evaluate_cli_user_errors_exit_2(tiny_run, tmp_path):
-  # Bad --attacks tokens: test_evaluate_cli.py (the grammar in-process, a few through the CLI).
-  cases = [(f"--workdir={tiny_run}", "--eps=-0.1")]
-  empty = tmp_path / "empty"
-  empty.mkdir()
-  with open(os.path.join(tiny_run, "config.json")) as f:
-    config = json.load(f)
-  (empty / "config.json").write_text(json.dumps(config))
-  cases.append((f"--workdir={empty}",))
-  other = tmp_path / "other"
-  shutil.copytree(tiny_run, other)
-  config["model"]["name"] = "lenet5"
-  (other / "config.json").write_text(json.dumps(config))
-  cases.append((f"--workdir={other}", "--num_examples=4"))
-  cases.append((f"--workdir={tmp_path / 'missing'}",))
-  for args in cases:
-    out = _evaluate(*args)
-    assert out.returncode == 2, (args, out.stderr[-1500:])
-    lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, (args, out.stderr[-1500:])
+# experiments/evaluate.py (its output and its one-line user errors): test_evaluate_cli.py,
+# where one evaluation of the tiny run serves every test of its output.
 
 
 @pytest.mark.core

@@ -4,12 +4,14 @@ here from their notebook (GauriJagatap/StochAT notebooks/mnist_exps_linf.ipynb a
 adversarial/functional.py)."""
 
 import copy
+import functools
 import math
 import os
 import subprocess
 import sys
 
 import pytest
+from absl import flags
 
 torch = pytest.importorskip("torch")
 F = torch.nn.functional
@@ -121,29 +123,65 @@ def test_reference_rejects_unknown_variant_and_method():
     torch_reference.make_step("atent", 2, 4)
 
 
-@pytest.mark.parametrize("script,args,message", [
-    ("benchmark.py", ["--K=10,x"], "error: --K=10,x is not a comma-separated list of integers"),
-    ("benchmark.py", ["--K=0"], "error: --K=0: every K must be >= 1"),
-    ("benchmark.py", ["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
+class _FreshFlags:
+  """absl.flags, with every DEFINE_* writing into one fresh FlagValues instead of the process's
+  FLAGS (where benchmark.py's and torch_reference.py's flags would clash)."""
+
+  def __init__(self):
+    self.values = flags.FlagValues()
+
+  def __getattr__(self, name):
+    attr = getattr(flags, name)
+    return functools.partial(attr, flag_values=self.values) if name.startswith("DEFINE") else attr
+
+
+# (script, args, message, started as a script). Each script is started for at least one error
+# (the whole path: flags defined and parsed as `python script.py` does, the one line, exit 2,
+# nothing on stdout); benchmark.py starts in a fraction of a second (no JAX, no PyTorch), so all
+# of its errors are. torch_reference.py imports PyTorch (seconds per start): it is started for
+# absl's parse error, and its own checks in main() run in this process, on flags defined afresh
+# for each case.
+BAD_FLAGS = [
+    ("benchmark.py", ["--K=10,x"], "error: --K=10,x is not a comma-separated list of integers",
+     True),
+    ("benchmark.py", ["--K=0"], "error: --K=0: every K must be >= 1", True),
+    ("benchmark.py", ["--methods=sgd,nope"], "error: --methods: unknown method 'nope'", True),
     ("benchmark.py", ["--reference", "--attacks"],
-     "error: --reference and --attacks: use one at a time"),
-    ("benchmark.py", ["--repeats=0"], "error: --repeats and --batch must be >= 1"),
-    ("benchmark.py", ["--no_such_flag=1"], "error: Unknown command line flag 'no_such_flag'"),
-    ("torch_reference.py", ["--methods=sgd,nope"], "error: --methods: unknown method 'nope'"),
-    ("torch_reference.py", ["--K", "10,x"],
-     "error: --K=10,x is not a comma-separated list of integers"),
-    ("torch_reference.py", ["--memory_child=sgd,1"],
-     "error: --memory_child=sgd,1: use METHOD,K,BATCH,VARIANT"),
+     "error: --reference and --attacks: use one at a time", True),
+    ("benchmark.py", ["--repeats=0"], "error: --repeats and --batch must be >= 1", True),
+    ("benchmark.py", ["--no_such_flag=1"], "error: Unknown command line flag 'no_such_flag'",
+     True),
     ("torch_reference.py", ["--_memory-child"],
-     "error: Unknown command line flag '_memory-child'"),
-])
-def test_bad_flags_are_one_line_and_exit_2(script, args, message):
+     "error: Unknown command line flag '_memory-child'", True),
+    ("torch_reference.py", ["--methods=sgd,nope"], "error: --methods: unknown method 'nope'",
+     False),
+    ("torch_reference.py", ["--K", "10,x"],
+     "error: --K=10,x is not a comma-separated list of integers", False),
+    ("torch_reference.py", ["--memory_child=sgd,1"],
+     "error: --memory_child=sgd,1: use METHOD,K,BATCH,VARIANT", False),
+]
+
+
+@pytest.mark.parametrize("script,args,message,as_script", BAD_FLAGS)
+def test_bad_flags_are_one_line_and_exit_2(script, args, message, as_script, monkeypatch,
+                                           capsys):
   path = os.path.join(os.path.dirname(benchmark.__file__), script)
-  proc = subprocess.run([sys.executable, path, *args], capture_output=True, text=True,
-                        timeout=120, check=False)
-  assert proc.returncode == 2, proc.stderr
-  assert proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
-  assert proc.stdout == ""
+  if as_script:
+    proc = subprocess.run([sys.executable, path, *args], capture_output=True, text=True,
+                          timeout=120, check=False)
+    code, out, err = proc.returncode, proc.stdout, proc.stderr
+  else:
+    module = {"benchmark.py": benchmark, "torch_reference.py": torch_reference}[script]
+    fresh = _FreshFlags()
+    monkeypatch.setattr(module, "flags", fresh)
+    monkeypatch.setattr(module, "FLAGS", fresh.values)
+    module.define_flags()
+    with pytest.raises(SystemExit) as exit_info:
+      module.main([path, *args])
+    code, (out, err) = exit_info.value.code, capsys.readouterr()
+  assert code == 2, err
+  assert err.startswith(message) and err.count("\n") == 1, err
+  assert out == ""
 
 
 @pytest.mark.parametrize("script,flag", [("benchmark.py", "--reference"),

@@ -2,8 +2,9 @@
 exact resume with it), batch norm in eval mode during evaluation, the per-host sharding
 arithmetic of multi-host runs, and mixed precision.
 
-Small shapes throughout (synthetic CIFAR-10-shaped data, ResNet depth 8 width 4 / WRN depth 10
-widen 1, K 2), in-process.
+Small shapes throughout (synthetic CIFAR-10-shaped data, ResNet depth 8 width 16 / WRN depth 10
+widen 1, K 2), in-process. Both nets then have the same parameter shapes, so the eager
+initialisation's per-shape compilations (threefry normals, seconds each on CPU) are shared.
 """
 
 import importlib.util
@@ -45,14 +46,15 @@ def _load(name, arg=None):
   return module.get_config(arg) if arg else module.get_config()
 
 
-def _shrink(config, n=32, batch=16):
-  """The reduced size of the tests: tiny nets, n synthetic images, one epoch, K 2."""
+def _shrink(config, n=40, batch=16):
+  """The reduced size of the tests: tiny nets, n synthetic images (n - 8 = 32 train: 2 steps of
+  16 an epoch), one epoch, K 2."""
   config.data.source = "synthetic"
   config.data.synthetic_examples = n
   config.data.num_validation = min(config.data.num_validation, 8)
   config.model.depth = 10 if config.model.name == "wide_resnet" else 8
   config.model.widen_factor = 1
-  config.model.width = 4
+  config.model.width = 16  # ResNet-8's parameter shapes are then WRN-10-1's
   config.train.num_epochs = 1
   config.train.batch_size = batch
   config.train.progress_bar = False
@@ -94,10 +96,13 @@ def test_config_values():
 
 
 _CORE = ("cifar10_linf_wrn.py", "cifar10_l2_resnet20.py")
-# Trained end to end: each config file once, and TRADES (its KL inner maximisation through batch
-# norm). The other rows change only the method, which the MNIST tests train; every row is
-# built and validated by test_config_valid.
-END_TO_END = [*_CORE, "cifar10_linf_wrn.py:trades", "cifar10_smoothing.py:atent_l2"]
+# Trained end to end: each method/network pair of the configs once: ATENT-l_inf on the WRN,
+# l_2-ATENT on the ResNet, and TRADES (its KL inner maximisation through batch norm). The
+# other rows change only the method, which the MNIST tests train; every row is built and
+# validated by test_config_valid. cifar10_smoothing.py:atent_l2 is cifar10_l2_resnet20.py's
+# config (it loads it) with other sampler/evaluation numbers: the same program as the ResNet
+# row, so it is not trained a second time (its numbers: test_config_values).
+END_TO_END = [*_CORE, "cifar10_linf_wrn.py:trades"]
 
 
 @pytest.mark.parametrize("name", [n if n in _CORE else pytest.param(n, marks=pytest.mark.slow)
@@ -166,19 +171,23 @@ def test_augmentation_inside_the_step_is_a_function_of_seed_and_step(resnet_setu
 def test_resume_with_augmentation_is_exact(tmp_path):
   """Augmentation on: resuming from a mid-epoch checkpoint gives the parameters, metrics and
   best checkpoint of the uninterrupted run (end-of-epoch resume: tests/test_train.py)."""
-  # 64 images - 8 held out = 56: 3 steps of 16 an epoch; a checkpoint every 2 steps and at
-  # the end of each epoch.
-  config = _sgd_resnet(**{"train.num_epochs": 2, "train.checkpoint_every_steps": 2,
-                          "train.keep_checkpoints": 5})
-  assert config.data.augment
+  # The ResNet row of test_config_runs_end_to_end (l_2-ATENT: the step's Langevin noise, as
+  # well as its crop + flip, must be resumed), at its size: its programs come from the
+  # compilation cache. 40 images - 8 held out = 32: 2 steps of 16 an epoch; a checkpoint every
+  # step (mid-epoch: the odd ones) and at the end of each epoch.
+  config = _shrink(_load("cifar10_l2_resnet20.py"))
+  config.train.num_epochs = 2
+  config.train.checkpoint_every_steps = 1
+  config.train.keep_checkpoints = 5
+  assert config.data.augment and config.method == "atent_l2"
   full = str(tmp_path / "full")
   train.train_and_evaluate(config, full)
-  assert _steps(full) == [2, 3, 4, 6]
-  # As if killed after the mid-epoch checkpoint at step 4 was saved (before step 6's):
-  # resuming re-runs steps 5 and 6 with the same crops and flips.
+  assert _steps(full) == [1, 2, 3, 4]
+  # As if killed after the mid-epoch checkpoint at step 3 was saved (before step 4's):
+  # resuming re-runs step 4 with the same crop, flip and sampler noise.
   part = str(tmp_path / "part")
   shutil.copytree(full, part)
-  shutil.rmtree(os.path.join(part, "checkpoints", "6"))
+  shutil.rmtree(os.path.join(part, "checkpoints", "4"))
   train.train_and_evaluate(config, part)
   assert_same_params(_latest(full), _latest(part))
   assert_same_metrics(_metrics(full), _metrics(part))

@@ -14,6 +14,7 @@ import types
 import ml_collections
 import numpy as np
 import pytest
+from scripts import run_script
 
 from atent_jax import checkpoint as ckpt_lib
 from atent_jax import models, train
@@ -228,23 +229,32 @@ def test_checkpoint_of_another_model(tmp_path):
 
 # --- the command line -------------------------------------------------------------------------
 
+MAIN = os.path.join(ROOT, "experiments", "main.py")
+
+# (arguments, words of the error line, through a process): one case of each kind of error path
+# of main.py and atent_jax.cli runs as a process (an override of an unknown key, a value of the
+# wrong type, a config file that does not load, an unknown flag, an error of the training entry
+# point); the others of the same kind run the same script in this process (_main_in_process).
 CLI_CASES = [
-    (["--config.train.lerning_rate=0.1"], "did you mean --config.train.learning_rate"),
-    (["--config.trian.batch_size=3"], "did you mean --config.train.batch_size"),
-    (["--config.train.batch_size=abc"], "has the wrong type: use an integer"),
-    (["--config.sampler.alpha=1.5"], "config.sampler.alpha=1.5 is out of range"),
-    (["--config=does_not_exist.py"], "could not be loaded"),
-    (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "is not a folder"),
-    (["--workdri=x"], "Unknown command line flag"),
+    (["--config.train.lerning_rate=0.1"], "did you mean --config.train.learning_rate", True),
+    (["--config.trian.batch_size=3"], "did you mean --config.train.batch_size", False),
+    (["--config.train.batch_size=abc"], "has the wrong type: use an integer", True),
+    (["--config.sampler.alpha=1.5"], "config.sampler.alpha=1.5 is out of range", True),
+    (["--config=does_not_exist.py"], "could not be loaded", True),
+    (["--config.data.source=idx", "--config.data.dir=/nonexistent"], "is not a folder", False),
+    (["--workdri=x"], "Unknown command line flag", True),
 ]
 
 
 def test_cli_one_line_exit_2_nothing_written(tmp_path):
-  for args, words in CLI_CASES:
+  for args, words, as_process in CLI_CASES:
     workdir = tmp_path / "run"
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "main.py"),
-                             f"--workdir={workdir}"] + args, capture_output=True, text=True,
-                            cwd=str(tmp_path), timeout=120)
+    argv = [f"--workdir={workdir}"] + args
+    if as_process:
+      result = subprocess.run([sys.executable, MAIN, *argv], capture_output=True, text=True,
+                              cwd=str(tmp_path), timeout=120)
+    else:
+      result = run_script("main.py", argv, cwd=tmp_path)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 2, (args, result.stderr)
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], (
@@ -424,12 +434,14 @@ def test_bad_config_argument_is_one_line(spec, words):
 @pytest.mark.parametrize("spec,words", BAD_ARGS[:2])
 def test_bad_config_argument_on_the_command_line(tmp_path, spec, words):
   # Through experiments/main.py: one `error:` line naming the file and token, exit code 2, and
-  # nothing written.
-  proc = subprocess.run(
-      [sys.executable, os.path.join(ROOT, "experiments", "main.py"),
-       "--config=" + os.path.join(ROOT, "experiments", "configs", spec),
-       f"--workdir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
-      cwd=str(tmp_path))
+  # nothing written. The first case as a process, the second (the same path) in this process.
+  argv = ["--config=" + os.path.join(ROOT, "experiments", "configs", spec),
+          f"--workdir={tmp_path / 'run'}"]
+  if spec == BAD_ARGS[0][0]:
+    proc = subprocess.run([sys.executable, MAIN, *argv], capture_output=True, text=True,
+                          timeout=300, cwd=str(tmp_path))
+  else:
+    proc = run_script("main.py", argv, cwd=tmp_path)
   assert proc.returncode == 2, proc.stderr
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: --config="), proc.stderr
@@ -439,9 +451,8 @@ def test_bad_config_argument_on_the_command_line(tmp_path, spec, words):
 
 
 def test_cli_help_prints_the_flags_and_exits_0(tmp_path):
-  result = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "main.py"),
-                           "--help"], capture_output=True, text=True, cwd=str(tmp_path),
-                          timeout=120)
+  result = subprocess.run([sys.executable, MAIN, "--help"], capture_output=True, text=True,
+                          cwd=str(tmp_path), timeout=120)
   assert result.returncode == 0, result.stderr
   assert "--config" in result.stdout and "--workdir" in result.stdout
   assert os.listdir(tmp_path) == []

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scripts import run_script
 
 from atent_jax import chunks, evaluation, workdir
 from atent_jax.errors import ConfigError
@@ -133,14 +134,17 @@ def chunked_runs(tiny_run_template, tmp_path_factory):
   first chunk, then resumed (with the first chunk's times changed to show it is read back) while
   this process holds the last chunk's lock, as a second evaluation process would; then resumed
   once more, after the lock is released, which evaluates the last chunk and merges.
-  (The sanity checks' equality after a merge is test_chunks_merge_to_the_whole_evaluation's.)"""
+  (The sanity checks' equality after a merge is test_chunks_merge_to_the_whole_evaluation's.)
+  The resumed run, which meets the lock of another live process, is a process of its own; the
+  other three run evaluate.py in this process (tests/scripts.py: `run_script`)."""
   base = tmp_path_factory.mktemp("chunks")
   whole, chunked = str(base / "whole"), str(base / "chunked")
   shutil.copytree(tiny_run_template, whole)
   shutil.copytree(tiny_run_template, chunked)
-  out = _run(f"--workdir={whole}", *_ARGS)
+  out = run_script("evaluate.py", [f"--workdir={whole}", *_ARGS])
   assert out.returncode == 0, out.stderr[-3000:]
-  stopped = _run(f"--workdir={chunked}", *_ARGS, "--chunk_size=8", "--max_seconds=0")
+  stopped = run_script("evaluate.py", [f"--workdir={chunked}", *_ARGS, "--chunk_size=8",
+                                           "--max_seconds=0"])
   assert stopped.returncode == 0, stopped.stderr[-3000:]
   chunk_dir = os.path.join(chunked, "robustness_chunks")
   after_stop = sorted(os.listdir(chunk_dir))
@@ -160,7 +164,7 @@ def chunked_runs(tiny_run_template, tmp_path_factory):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   after_busy = sorted(os.listdir(chunk_dir))
   merged_after_busy = os.path.exists(os.path.join(chunked, "robustness.json"))
-  last = _run(f"--workdir={chunked}", *_ARGS, "--chunk_size=8")
+  last = run_script("evaluate.py", [f"--workdir={chunked}", *_ARGS, "--chunk_size=8"])
   assert last.returncode == 0, last.stderr[-3000:]
   return {"after_busy": after_busy, "merged_after_busy": merged_after_busy, "last": last,
           "whole": _read(os.path.join(whole, "robustness.json")),
@@ -196,8 +200,8 @@ def test_chunked_cli_stops_on_its_budget_and_resumes_without_recomputing(chunked
   assert all(r["seconds"] > 1000 for r in chunked_runs["chunked"]["attacks"])
 
 
-# End to end for one attack setting and the checkpoint; the other fields go through the same
-# comparison (test_a_chunk_names_the_first_field_that_differs).
+# End to end for one attack setting (through a process) and the checkpoint (in this process); the
+# other fields go through the same comparison (test_a_chunk_names_the_first_field_that_differs).
 @pytest.mark.parametrize("change,field", [
     (("--attacks=pgd3_linf@0.1,fgsm_linf@0.05,square@0.05:num_queries=20",),
      "attacks[0].eps=0.05, this command has 0.1"),
@@ -209,7 +213,8 @@ def test_chunk_of_other_settings_exits_2_writing_nothing(chunked_runs, tiny_run,
   first = chunked_runs["first"][0]
   shutil.copy(first, chunk_dir)
   args = [a for a in _ARGS if not a.startswith(tuple(c.split("=")[0] for c in change))]
-  out = _run(f"--workdir={tiny_run}", *args, *change, "--chunk_size=8")
+  run = _run if field.startswith("attacks") else (lambda *a: run_script("evaluate.py", a))
+  out = run(f"--workdir={tiny_run}", *args, *change, "--chunk_size=8")
   assert out.returncode == 2, out.stderr[-3000:]
   errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
   assert len(errors) == 1 and field in errors[0] and _CHUNKS[0] in errors[0], out.stderr[-3000:]

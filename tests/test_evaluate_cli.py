@@ -1,6 +1,12 @@
 """The attack registry, the evaluator's bad-input errors, and experiments/evaluate.py with the
-AutoAttack family: per-example outcomes, the comparison CLI, one-line errors with exit code 2."""
+AutoAttack family: per-example outcomes, the comparison CLI, one-line errors with exit code 2.
 
+One evaluate.py process evaluates the tiny run for every test of its output; of each kind of
+user error one case goes through a real process, the others through the same script run in
+this process (tests/scripts.py `run_script`: the script's own `cli.run`, exit code and
+`error:` line)."""
+
+import importlib.util
 import json
 import os
 import shutil
@@ -10,10 +16,13 @@ import sys
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
+from absl import flags
+from scripts import run_script
 
-from atent_jax import attacks, evaluation
+from atent_jax import attacks, evaluation, runs
 from atent_jax.attacks import registry
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,22 +157,42 @@ def _run(*args, script="evaluate.py"):
                         capture_output=True, text=True, cwd=_ROOT, timeout=900, check=False)
 
 
+# One evaluation serves every test of evaluate.py's output: the tokens of the registry (a step
+# count, a norm, a radius, a step size) and the AutoAttack family.
+_ATTACKS = ("pgd3_linf,fgsm_linf,pgd2_l2@1.5,pgd3_linf@0.2:step=0.05,"
+            "autoattack:attacks=apgd-ce,square:num_queries=20")
+
+
 @pytest.fixture(scope="module")
 def evaluated(tiny_run_template, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("evaluated") / "run")
   shutil.copytree(tiny_run_template, workdir)
-  out = _run(f"--workdir={workdir}",
-             "--attacks=pgd3_linf,autoattack:attacks=apgd-ce,square:num_queries=20",
-             "--num_examples=16", "--batch_size=16", "--nosanity_checks")
+  out = _run(f"--workdir={workdir}", f"--attacks={_ATTACKS}", "--num_examples=16",
+             "--batch_size=16", "--nosanity_checks")
   assert out.returncode == 0, out.stderr[-3000:]
   with open(os.path.join(workdir, "robustness.json")) as f:
     return workdir, json.load(f), out
 
 
+def test_evaluate_cli_writes_json_and_markdown(evaluated):
+  workdir, res, _ = evaluated
+  assert res["num_examples"] == 16
+  names = [(r["name"], r["norm"], r["eps"], r["steps"]) for r in res["attacks"][:4]]
+  assert names == [("PGD-3", "linf", 0.3, 3), ("FGSM-l_inf", "linf", 0.3, 1),
+                   ("PGD-2", "l2", 1.5, 2), ("PGD-3 (step 0.05)", "linf", 0.2, 3)]
+  assert res["attacks"][0]["kwargs"]["step_size"] == 0.01  # the run's eval step
+  assert res["attacks"][3]["kwargs"]["step_size"] == 0.05
+  assert "sanity_checks" not in res  # covered in-process by test_evaluate_attacks_...
+  with open(os.path.join(workdir, "robustness.md")) as f:
+    md = f.read()
+  assert "| Defense | Benign | PGD-3 (l_inf 0.3) | FGSM-l_inf (l_inf 0.3) | PGD-2 (l_2 1.5) |" in md
+  assert "| sgd |" in md
+
+
 def test_evaluate_cli_stores_per_example_outcomes_and_masking_flags(evaluated):
   workdir, res, out = evaluated
-  assert [r["name"] for r in res["attacks"]] == ["PGD-3", "AutoAttack (attacks=apgd-ce)",
-                                                  "Square (num_queries=20)"]
+  assert [r["name"] for r in res["attacks"]][4:] == ["AutoAttack (attacks=apgd-ce)",
+                                                     "Square (num_queries=20)"]
   assert res["examples"]["count"] == 16 and res["examples"]["indices"] == {"start": 0,
                                                                           "stop": 16}
   assert res["examples"]["split"] == "test" and "evaluate.py" in res["command"]
@@ -172,7 +201,7 @@ def test_evaluate_cli_stores_per_example_outcomes_and_masking_flags(evaluated):
     mask = evaluation.robust_mask(r, 16)
     chex.assert_shape(mask, (16,))
     assert mask.mean() == pytest.approx(r["robust_accuracy"]) and r["robust_accuracy"] <= clean
-  aa = res["attacks"][1]
+  aa = res["attacks"][4]
   assert aa["attack"] == "autoattack" and aa["order"] == ["apgd-ce"]
   assert aa["kwargs"]["attacks"] == ["apgd-ce"] and aa["members"][0]["name"] == "APGD-CE"
   broken = evaluation.decode_mask(aa["members"][0]["broken_examples"], 16)
@@ -188,18 +217,20 @@ def test_evaluate_cli_stores_per_example_outcomes_and_masking_flags(evaluated):
 
 
 def test_compare_cli(evaluated, tmp_path):
+  """The error (exit code 2) through a process, the comparisons in this process."""
   workdir, res, _ = evaluated
   path = os.path.join(workdir, "robustness.json")
-  out = _run("--json", path, path, script="compare_robustness.py")
+  n = len(res["attacks"])
+  out = run_script("compare_robustness.py", ["--json", path, path])
   assert out.returncode == 0, out.stderr[-2000:]
   same = json.loads(out.stdout)
-  assert [r["agreement"] for r in same["attacks"]] == [1.0, 1.0, 1.0]
+  assert [r["agreement"] for r in same["attacks"]] == [1.0] * n
   flipped = json.loads(json.dumps(res))
   mask = evaluation.robust_mask(flipped["attacks"][0], 16)
   mask[5] = ~mask[5]
   flipped["attacks"][0]["robust_examples"] = evaluation.encode_mask(mask)
   (tmp_path / "b.json").write_text(json.dumps(flipped))
-  out = _run("--json", path, str(tmp_path / "b.json"), script="compare_robustness.py")
+  out = run_script("compare_robustness.py", ["--json", path, str(tmp_path / "b.json")])
   first = json.loads(out.stdout)["attacks"][0]
   assert first["only_a"] + first["only_b"] == 1 and first["agreement"] == 15 / 16
   flipped["examples"]["indices"] = {"start": 16, "stop": 32}
@@ -221,51 +252,75 @@ def _assert_one_error_and_nothing_written(out, workdir, args):
 
 
 # One token per kind of error; every message of the grammar: test_registry_grammar_errors.
+# The first through a process, the others in this process (the same script and cli.run).
 @pytest.mark.parametrize("attacks,match", [
     ("nope", "'nope' is not a known attack"), ("autoattack@0", "eps=0.0"),
     ("fab_t_l1", "norm 'l1' is not supported"), ("autoattack:version=fast", "version='fast'"),
     ("pgd20_linf:steps=3", "is not an option")])
 def test_evaluate_cli_bad_attacks_exit_2_writing_nothing(tiny_run, attacks, match):
   workdir = tiny_run
-  out = _run(f"--workdir={workdir}", f"--attacks=pgd3_linf,{attacks}", "--num_examples=4")
+  args = (f"--workdir={workdir}", f"--attacks=pgd3_linf,{attacks}", "--num_examples=4")
+  out = _run(*args) if attacks == "nope" else run_script("evaluate.py", args)
   assert match in _assert_one_error_and_nothing_written(out, workdir, attacks)
 
 
-def test_evaluate_cli_model_output_of_the_wrong_shape_exits_2(tiny_run):
+def test_evaluate_cli_user_errors_exit_2(tiny_run, tmp_path):
+  """Bad flags and workdirs (bad --attacks tokens: the test above). The first case through a
+  process, the others in this process."""
+  cases = [(f"--workdir={tmp_path / 'missing'}",), (f"--workdir={tiny_run}", "--eps=-0.1")]
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  with open(os.path.join(tiny_run, "config.json")) as f:
+    config = json.load(f)
+  (empty / "config.json").write_text(json.dumps(config))
+  cases.append((f"--workdir={empty}",))
+  other = tmp_path / "other"
+  shutil.copytree(tiny_run, other)
+  config["model"]["name"] = "lenet5"
+  (other / "config.json").write_text(json.dumps(config))
+  cases.append((f"--workdir={other}", "--num_examples=4"))
+  for i, args in enumerate(cases):
+    out = _run(*args) if i == 0 else run_script("evaluate.py", args)
+    assert out.returncode == 2, (args, out.stderr[-1500:])
+    lines = [line for line in out.stderr.strip().splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, (args, out.stderr[-1500:])
+
+
+def test_evaluate_cli_model_output_of_the_wrong_shape_exits_2(tiny_run, monkeypatch):
   """The run's model, wrapped to return one number per image instead of logits."""
   workdir = tiny_run
-  code = f"""
-import runpy, sys
-from atent_jax import runs
-real = runs.load_run
-class OneNumber:
-  def __init__(self, model):
-    self.model = model
-  def apply(self, variables, x, train=False):
-    return self.model.apply(variables, x, train=train)[:, 0]
-def load_run(workdir, which="best"):
-  config, model, variables = real(workdir, which)
-  return config, OneNumber(model), variables
-runs.load_run = load_run
-sys.argv = ["evaluate.py", "--workdir={workdir}", "--attacks=pgd3_linf", "--num_examples=4"]
-runpy.run_path("experiments/evaluate.py", run_name="__main__")
-"""
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_ROOT,
-                       timeout=600, check=False)
+  real = runs.load_run
+
+  class OneNumber:
+    def __init__(self, model):
+      self.model = model
+
+    def apply(self, variables, x, train=False):
+      return self.model.apply(variables, x, train=train)[:, 0]
+
+  def load_run(workdir, which="best"):
+    config, model, variables = real(workdir, which)
+    return config, OneNumber(model), variables
+
+  monkeypatch.setattr(runs, "load_run", load_run)
+  out = run_script("evaluate.py", [f"--workdir={workdir}", "--attacks=pgd3_linf",
+                                  "--num_examples=4"])
   line = _assert_one_error_and_nothing_written(out, workdir, "wrong shape")
   assert "logits_fn returns" in line and "(batch, num_classes)" in line
 
 
-def test_default_report_set_includes_autoattack():
-  code = """
-import importlib.util, ml_collections
-spec = importlib.util.spec_from_file_location("evaluate_cli", "experiments/evaluate.py")
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-for norm in ("linf", "l2"):
-  print(module.default_attacks(ml_collections.ConfigDict({"norm": norm})))
-"""
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_ROOT,
-                       timeout=300, check=False)
-  assert out.stdout.split("\n")[:2] == ["['pgd', 'cw_linf', 'autoattack']",
-                                        "['pgd', 'cw_l2', 'autoattack']"], out.stderr[-2000:]
+def test_default_report_set_includes_autoattack(monkeypatch):
+  # Not as __main__: the module is only imported (its flags removed again).
+  monkeypatch.setattr(sys, "path", list(sys.path))
+  before = set(flags.FLAGS)
+  try:
+    spec = importlib.util.spec_from_file_location(
+        "evaluate_cli", os.path.join(_ROOT, "experiments", "evaluate.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    got = [module.default_attacks(ml_collections.ConfigDict({"norm": norm}))
+           for norm in ("linf", "l2")]
+  finally:
+    for name in set(flags.FLAGS) - before:
+      delattr(flags.FLAGS, name)
+  assert got == [["pgd", "cw_linf", "autoattack"], ["pgd", "cw_l2", "autoattack"]]

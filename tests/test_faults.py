@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from determinism import assert_same_metrics, assert_same_params
+from scripts import run_script
 
 from atent_jax import checkpoint as ckpt_lib
 from atent_jax import models, runs, train
@@ -54,21 +55,20 @@ def _argv(workdir, **changes):
       f"--config.{k}={v}" for k, v in {**OVERRIDES, **changes}.items()]
 
 
-def _env(cache_dir, pause=None):
+def _env(pause=None):
   env = dict(os.environ)
   env.pop("ATENT_JAX_TEST_PAUSE_AT", None)
   if pause:
     env["ATENT_JAX_TEST_PAUSE_AT"] = pause
-  # Subprocesses share compiled programs (same executables, same results): faster tests.
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache_dir)
-  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-  env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+  # The runs share the test session's compilation cache (tests/conftest.py, inherited through
+  # the environment), which the in-process reference run has filled: the same programs load
+  # instead of compiling again in every process.
   return env
 
 
-def _run_and_kill(workdir, pause, cache_dir, timeout=240):
+def _run_and_kill(workdir, pause, timeout=240):
   """Starts a run that pauses at `pause`, kills it with SIGKILL there; returns its stderr."""
-  proc = subprocess.Popen(_argv(workdir), env=_env(cache_dir, pause), stdout=subprocess.PIPE,
+  proc = subprocess.Popen(_argv(workdir), env=_env(pause), stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, cwd=ROOT)
   try:
     import threading
@@ -102,8 +102,8 @@ def _kill(proc):
   return stderr
 
 
-def _run(workdir, cache_dir, **changes):
-  return subprocess.run(_argv(workdir, **changes), env=_env(cache_dir), capture_output=True,
+def _run(workdir, **changes):
+  return subprocess.run(_argv(workdir, **changes), env=_env(), capture_output=True,
                         text=True, cwd=ROOT, timeout=300)
 
 
@@ -146,18 +146,21 @@ def test_same_config_and_seed_are_bit_identical(reference, tmp_path):
 
 
 def test_kill9_mid_epoch_during_checkpoint_and_during_eval_then_resume(reference, tmp_path):
-  workdir, cache = str(tmp_path / "run"), tmp_path / "cache"
-  # 1. Killed mid-epoch (after step 5 of epoch 1). Meanwhile a second run is refused.
-  proc, _ = _run_and_kill(workdir, "step@5", cache)
-  second = _run(workdir, cache)
+  workdir = str(tmp_path / "run")
+  # 1. Killed mid-epoch (after step 5 of epoch 1). Meanwhile a second run is refused: here in
+  # this process (the process of the paused run holds the lock), through main.py and cli.run.
+  proc, _ = _run_and_kill(workdir, "step@5")
+  try:
+    second = run_script("main.py", _argv(workdir)[2:], cwd=None)
+  finally:
+    _kill(proc)
   assert second.returncode == 2, second.stderr
   lines = second.stderr.strip().splitlines()
   assert len(lines) == 1 and "in use by another run" in lines[0], second.stderr
   assert f"pid {proc.pid} on host {socket.gethostname()}" in lines[0]
-  _kill(proc)
 
   # 2. Resumed (taking over the dead run's lock), killed while writing the checkpoint of step 16.
-  proc, marker = _run_and_kill(workdir, "checkpoint@16", cache)
+  proc, marker = _run_and_kill(workdir, "checkpoint@16")
   assert marker[1:] == ["checkpoint", "16"]
   stderr = _kill(proc)
   assert "took over the stale lock" in stderr, stderr
@@ -173,7 +176,7 @@ def test_kill9_mid_epoch_during_checkpoint_and_during_eval_then_resume(reference
   leftovers.append(stray)
 
   # 3. Resumed from step 15, killed during the evaluation of epoch 3.
-  proc, marker = _run_and_kill(workdir, "eval@24", cache)
+  proc, marker = _run_and_kill(workdir, "eval@24")
   _kill(proc)
   # The killed write's leftovers were cleaned up. (This run's own asynchronous write of the
   # checkpoint before the evaluation may still be in flight when it is killed: a new temporary
@@ -181,7 +184,7 @@ def test_kill9_mid_epoch_during_checkpoint_and_during_eval_then_resume(reference
   assert not set(leftovers) & set(_temporary_folders(workdir)), _temporary_folders(workdir)
 
   # 4. Resumed to the end: exactly the uninterrupted run.
-  final = _run(workdir, cache)
+  final = _run(workdir)
   assert final.returncode == 0, final.stderr
   assert_same_params(_params(workdir), _params(reference))
   assert_same_metrics(_metrics(workdir), _metrics(reference))
@@ -273,8 +276,7 @@ def test_nan_stops_the_run_naming_step_and_quantity_keeping_the_last_checkpoint(
 
 
 def test_nan_on_the_command_line_is_one_line_with_nonzero_exit(tmp_path):
-  result = _run(str(tmp_path / "run"), tmp_path / "cache",
-                **{"train.learning_rate": 1e30, "train.num_epochs": 1})
+  result = _run(str(tmp_path / "run"), **{"train.learning_rate": 1e30, "train.num_epochs": 1})
   assert result.returncode != 0
   errors = [line for line in result.stderr.splitlines() if line.strip()]
   assert len(errors) == 1 and errors[0].startswith("error: "), result.stderr

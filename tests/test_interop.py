@@ -4,8 +4,8 @@ The expectations come from JAX itself (jax.grad of the same function, computed h
 closed form (the input gradient of a linear model is its weight row), never from the bridge.
 """
 
-import os
-import subprocess
+import importlib
+import re
 import sys
 
 import chex
@@ -19,8 +19,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from atent_jax import interop
-
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _Conv(nn.Module):
@@ -107,9 +105,11 @@ def test_libraries_find_a_device_and_bad_inputs_raise():
     interop.torch_module("not a function")
 
 
-def test_missing_torch_names_the_extra_to_install():
-  code = ("import sys; sys.modules['torch'] = None\n"
-          "try:\n  import atent_jax.interop\nexcept ImportError as e:\n  print(e)\n")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=_ROOT,
-                       timeout=120, check=False)
-  assert 'pip install -e ".[interop]"' in out.stdout, out.stdout + out.stderr[-2000:]
+def test_missing_torch_names_the_extra_to_install(monkeypatch):
+  """Imported afresh in this process with `import torch` failing (sys.modules['torch'] = None,
+  as in an environment without PyTorch); sys.modules is restored afterwards."""
+  monkeypatch.setitem(sys.modules, "torch", None)
+  monkeypatch.delitem(sys.modules, "atent_jax.interop")
+  with pytest.raises(ImportError, match=re.escape('pip install -e ".[interop]"')):
+    importlib.import_module("atent_jax.interop")
+  assert "atent_jax.interop" not in sys.modules

@@ -1,7 +1,8 @@
 """Data parallelism: a 2-device run gives the parameters of a 1-device run of the same batch.
 
 The devices are CPU devices made with XLA_FLAGS=--xla_force_host_platform_device_count=2, which
-must be set before JAX starts: each run is a subprocess.
+must be set before JAX starts: the 2-device run is a subprocess; the 1-device run is made in the
+test's own process when it has one device (as pytest's processes do).
 """
 
 import json
@@ -15,13 +16,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_RUN = textwrap.dedent("""
-    import sys
-    sys.path.insert(0, {root!r})
-    import atent_jax, jax
+# The run's config (`c`), built the same way in this process and in the 2-device script.
+_CONFIG = textwrap.dedent("""
     from atent_jax.configuration import default_config
-    from atent_jax import train
-    assert len(jax.devices()) == {devices}, jax.devices()
     c = default_config()
     c.method = {method!r}
     c.model.name = {model!r}
@@ -32,22 +29,44 @@ _RUN = textwrap.dedent("""
     c.eval.num_examples = 16; c.eval.batch_size = 16; c.eval.num_steps = 1
     c.eval.eps = c.sampler.eps
     c.data.augment = {augment}
+""")
+
+_RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {root!r})
+    import atent_jax, jax
+    from atent_jax import train
+    assert len(jax.devices()) == {devices}, jax.devices()
+    exec({config!r})
     train.train_and_evaluate(c, {workdir!r})
 """)
 
 
 def _train(tmp_path, devices, method, model, dataset):
+  """Trains the run on `devices` CPU devices and returns its variables and first metrics.
+
+  One device runs in this process when it has exactly one CPU device (no second interpreter
+  and JAX start-up to pay); otherwise, and for 2 devices, in a subprocess started with that
+  many."""
+  import jax
+
+  from atent_jax import runs, train
   workdir = str(tmp_path / f"{method}_{model}_{devices}dev")
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
-                      f" --xla_force_host_platform_device_count={devices}").strip()
-  env["JAX_PLATFORMS"] = "cpu"
-  code = _RUN.format(root=ROOT, devices=devices, method=method, model=model, dataset=dataset,
-                     workdir=workdir, augment=dataset == "cifar10")
-  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  from atent_jax import runs
+  config = _CONFIG.format(method=method, model=model, dataset=dataset,
+                          augment=dataset == "cifar10")
+  if devices == 1 and len(jax.devices()) == 1 and jax.default_backend() == "cpu":
+    namespace = {}
+    exec(config, namespace)
+    train.train_and_evaluate(namespace["c"], workdir)
+  else:
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") +
+                        f" --xla_force_host_platform_device_count={devices}").strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    code = _RUN.format(root=ROOT, devices=devices, config=config, workdir=workdir)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
   _, _, variables = runs.load_run(workdir, "latest")
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     metrics = json.loads(f.readline())

@@ -4,6 +4,9 @@ One reproduce run of table2 with 2 rows (SGD, PGD-AT; run together, --jobs=2) on
 MNIST images, 1 epoch, K 2, 32 test images: the files it writes, no checkpoints in the results,
 and a rerun that skips training and evaluation. Then the figures: training curves of those
 rows, and the toy decision boundaries at a few training steps. About a minute on 2 CPU cores.
+The first run and one error of each script are processes of their own; the reruns that find
+everything done, and the other errors, run the same scripts in this process (tests/scripts.py:
+`run_script`).
 """
 
 import importlib.util
@@ -13,6 +16,7 @@ import subprocess
 import sys
 
 import pytest
+from scripts import run_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPRODUCE = os.path.join(ROOT, "experiments", "reproduce.py")
@@ -26,12 +30,20 @@ TINY = [f"data.source={_SOURCE}", "data.num_train=64", "data.num_validation=32",
 ROWS = ("sgd", "pgd_at")
 
 
+def _reproduce_args(out, work, *extra):
+  return ["--table=table2", f"--out={out}", f"--work={work}", f"--rows={','.join(ROWS)}",
+          "--num_test=32", "--eval_batch_size=32", "--sanity_checks=False", "--figures=False",
+          *(f"--override={o}" for o in TINY), *extra]
+
+
 def _reproduce(out, work, *extra):
-  cmd = [sys.executable, REPRODUCE, "--table=table2", f"--out={out}", f"--work={work}",
-         f"--rows={','.join(ROWS)}", "--num_test=32", "--eval_batch_size=32",
-         "--sanity_checks=False", "--figures=False"]
-  cmd += [f"--override={o}" for o in TINY] + list(extra)
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+  return subprocess.run([sys.executable, REPRODUCE, *_reproduce_args(out, work, *extra)],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+
+
+def _rerun(out, work, *extra):
+  """_reproduce's command, in this process (for reruns that find the work done)."""
+  return run_script("reproduce.py", _reproduce_args(out, work, *extra))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +106,7 @@ def test_writes_the_table_files_and_no_checkpoints(reproduced):
 def test_rerun_skips_finished_training_and_evaluations(reproduced):
   out, work, _ = reproduced
   before = {r: os.path.getmtime(os.path.join(work, r, "robustness.json")) for r in ROWS}
-  again = _reproduce(out, work, "--figures=True")
+  again = _rerun(out, work, "--figures=True")
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   for row in ROWS:
     assert f"[{row}] training finished (1 epochs): skipped" in again.stdout
@@ -114,11 +126,13 @@ def test_a_changed_config_is_refused_not_silently_reused(reproduced):
 
 
 def test_bad_override_is_one_line_exit_2(tmp_path):
-  res = subprocess.run([sys.executable, REPRODUCE, "--table=table2", f"--out={tmp_path}/o",
-                        f"--work={tmp_path}/w", "--override=train.num_epoch=3"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+  # In this process: reproduce.py's refusal as a process is test_a_changed_config_is_refused...
+  res = run_script("reproduce.py", ["--table=table2", f"--out={tmp_path}/o",
+                                    f"--work={tmp_path}/w", "--override=train.num_epoch=3"])
   assert res.returncode == 2
   assert "train.num_epochs" in res.stderr  # the nearest key
+  assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1, res.stderr
+  assert os.listdir(tmp_path) == []
 
 
 def test_figures_curves_and_toy(reproduced, tmp_path):
@@ -127,7 +141,7 @@ def test_figures_curves_and_toy(reproduced, tmp_path):
   png = figures.training_curves([os.path.join(out, r) for r in ROWS],
                                 str(tmp_path / "curves.png"), labels=["SGD", "PGD-AT"])
   assert os.path.getsize(png) > 1000
-  summary = figures.toy_figure(str(tmp_path / "toy.png"), steps=20, grid=30, n_test=200)
+  summary = figures.toy_figure(str(tmp_path / "toy.png"), steps=5, grid=20, n_test=100)
   assert set(summary) == {"sgd", "pgd_at", "trades", "atent_linf"}
   for s in summary.values():
     assert 0 <= s["robust_accuracy"] <= s["clean_accuracy"] <= 1
@@ -140,11 +154,15 @@ def test_figures_curves_and_toy(reproduced, tmp_path):
     (["toy", "--eps", "0.7"], "error: --eps=0.7 must be in (0, 0.5)"),
 ])
 def test_figures_bad_flags_are_one_line_exit_2(tmp_path, args, message):
-  # Caught before any figure is computed: a few seconds (the import of atent_jax).
+  # Caught before any figure is computed: a few seconds (the import of atent_jax). The first
+  # case as a process, the others (the same checks of figures.py) in this process.
   out = tmp_path / "fig.png"
-  res = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "figures.py"), *args,
-                        f"--out={out}"], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=120, check=False)
+  if not args:
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "experiments", "figures.py"), *args,
+                          f"--out={out}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, check=False)
+  else:
+    res = run_script("figures.py", [*args, f"--out={out}"], cwd=tmp_path)
   assert res.returncode == 2, res.stderr
   assert res.stderr.startswith(message) and res.stderr.count("\n") == 1, res.stderr
   assert res.stdout == "" and os.listdir(tmp_path) == []
@@ -157,7 +175,7 @@ def test_report_only_rewrites_the_reports_and_runs_nothing(reproduced):
   with open(os.path.join(out, "machine.md"), "w") as f:
     f.write("# Machine\n\n- the machine that ran the rows\n")
   commands = open(os.path.join(out, "commands.sh")).read()
-  again = _reproduce(out, work, "--report_only")
+  again = _rerun(out, work, "--report_only")
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   assert "training:" not in again.stdout and "evaluation:" not in again.stdout
   assert "| SGD |" in open(os.path.join(out, "table.md")).read()
@@ -172,7 +190,7 @@ def test_a_fresh_results_folder_reuses_the_finished_runs(reproduced):
   evaluations already done in --work are not run again."""
   out, work, _ = reproduced
   fresh = out + "_fresh"
-  again = _reproduce(fresh, work)
+  again = _rerun(fresh, work)
   assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
   for row in ROWS:
     assert f"[{row}] training finished (1 epochs): skipped" in again.stdout

@@ -5,6 +5,13 @@ Toy models with known smoothed classifiers:
     certified radius has the closed form sigma * Phi^-1(pA) = |w.x + b| / ||w||;
   * a "wedge" (class 0 iff two pixels both exceed thresholds): pA = Phi(m0/sigma) Phi(m1/sigma);
   * a "coin" that looks only at the sign of the noise on one pixel: counts ~ 50/50.
+
+Each (classifier, chunk size) pair compiles sample_counts' jitted chunk once (seconds, mostly the
+noise generator), so the tests share a few chunk sizes: N0_CHUNK for selection, EST_CHUNK for
+estimation and the attacks' bisection, PREDICT_CHUNK for predict. The linear classifiers are a
+jax.tree_util.Partial of one module-level function (their weights are traced arguments), so all
+of them share those compilations; the plain-function path is the coin's and the wedge's (and
+test_sample_counts_accepts_tree_util_partial checks that both paths count alike).
 """
 
 from __future__ import annotations
@@ -15,12 +22,14 @@ import math
 import os
 import subprocess
 import sys
+import types
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 from scipy import stats
 from statsmodels.stats.proportion import proportion_confint
 
@@ -30,6 +39,9 @@ from atent_jax.errors import DataError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHAPE = (4, 4, 1)  # tiny NHWC images
 DIM = int(np.prod(SHAPE))
+N0_CHUNK = 100        # n0 = 100 selection samples: one chunk
+EST_CHUNK = 5000      # estimation: n = 20,000 or 100,000 in chunks of 5,000
+PREDICT_CHUNK = 500   # predict: n = 1,000 in two chunks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -37,25 +49,20 @@ DIM = int(np.prod(SHAPE))
 # ----------------------------------------------------------------------------------------------
 
 def _linear_problem(margin: float, seed: int = 0):
-  """(logits_fn, x, w, b) with x in [0, 1] at signed l_2 distance `margin` from w.x + b = 0."""
+  """(logits_fn, x, w, b) with x in [0, 1] at signed l_2 distance `margin` from w.x + b = 0.
+  logits_fn is class 0 iff w.z + b > 0: a Partial of _linear_apply (see the module docstring)."""
   rng = np.random.default_rng(seed)
   w = rng.normal(size=DIM).astype(np.float64)
   w *= 2.7 / np.linalg.norm(w)  # ||w|| != 1, so a missing normalisation shows
   x = np.clip(0.5 + 0.1 * rng.normal(size=SHAPE), 0.0, 1.0).astype(np.float32)
   b = margin * np.linalg.norm(w) - float(w @ x.reshape(-1).astype(np.float64))
-  w32 = jnp.asarray(w, jnp.float32)
-  b32 = jnp.float32(b)
-
-  def logits_fn(z):
-    s = z.reshape(z.shape[0], -1) @ w32 + b32
-    return jnp.stack([s, -s], axis=-1)  # class 0 iff w.z + b > 0
-
+  logits_fn = jax.tree_util.Partial(_linear_apply, jnp.asarray(w, jnp.float32), jnp.float32(b))
   return logits_fn, x, w, b
 
 
 def _linear_apply(w, b, z):
   s = z.reshape(z.shape[0], -1) @ w + b
-  return jnp.stack([s, -s], axis=-1)
+  return jnp.stack([s, -s], axis=-1)  # class 0 iff w.z + b > 0
 
 
 def _coin(z):
@@ -78,8 +85,8 @@ def _half():
   return np.full(SHAPE, 0.5, np.float32)
 
 
-def _smoothed_top(logits_fn, x, sigma, key, n=4000):
-  counts = smoothing.sample_counts(logits_fn, x, n, sigma, key, batch_size=2000)
+def _smoothed_top(logits_fn, x, sigma, key, n=EST_CHUNK):
+  counts = smoothing.sample_counts(logits_fn, x, n, sigma, key, batch_size=EST_CHUNK)
   return int(np.argmax(counts))
 
 
@@ -151,7 +158,7 @@ def test_certified_radius_linear_matches_closed_form(sigma, margin, seed):
   np.testing.assert_allclose(sigma * stats.norm.ppf(p_a), dist, rtol=1e-9)
 
   pred, radius = smoothing.certify(logits_fn, x, sigma=sigma, n0=100, n=n, alpha=alpha,
-                                   key=jax.random.key(seed), batch_size=4096)
+                                   key=jax.random.key(seed), batch_size=EST_CHUNK)
   assert pred == (0 if margin > 0 else 1)
   assert isinstance(radius, float)
   # Sound: never more than the true radius (holds with probability >= 1 - alpha).
@@ -199,14 +206,14 @@ def test_abstains_on_tie():
   assert pred == smoothing.ABSTAIN == -1
   assert radius == 0.0
   assert smoothing.predict(_coin, x, sigma=0.25, n=1000, alpha=0.001, key=jax.random.key(2),
-                           batch_size=500) == -1
+                           batch_size=1000) == -1
 
 
 @pytest.mark.core
 def test_predict_clear_case_does_not_abstain():
   logits_fn, x, _, _ = _linear_problem(-0.3, seed=4)
   assert smoothing.predict(logits_fn, x, sigma=0.25, n=1000, alpha=0.001,
-                           key=jax.random.key(0), batch_size=500) == 1
+                           key=jax.random.key(0), batch_size=PREDICT_CHUNK) == 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -217,7 +224,7 @@ def test_certificate_not_contradicted_by_attack_linear():
   sigma = 0.25
   logits_fn, x, w, _ = _linear_problem(0.5, seed=5)
   pred, radius = smoothing.certify(logits_fn, x, sigma=sigma, n0=100, n=20_000, alpha=0.001,
-                                   key=jax.random.key(0), batch_size=5000)
+                                   key=jax.random.key(0), batch_size=EST_CHUNK)
   assert pred == 0 and radius > 0.3
   u = (w / np.linalg.norm(w)).reshape(SHAPE).astype(np.float32)  # optimal attack: along -w
   d_attack = _attack_distance(logits_fn, x, w, pred, sigma, jax.random.key(1), t_max=1.0)
@@ -226,11 +233,12 @@ def test_certificate_not_contradicted_by_attack_linear():
   margin = 0.1
   # Just outside the certified ball the smoothed prediction changes (or is uncertain) ...
   outside = smoothing.predict(logits_fn, x - (radius + margin) * u, sigma=sigma,
-                              n=1000, alpha=0.001, key=jax.random.key(2), batch_size=500)
+                              n=1000, alpha=0.001, key=jax.random.key(2),
+                              batch_size=PREDICT_CHUNK)
   assert outside != pred
   # ... and just inside it does not.
   inside = smoothing.predict(logits_fn, x - (radius - margin) * u, sigma=sigma, n=1000,
-                             alpha=0.001, key=jax.random.key(3), batch_size=500)
+                             alpha=0.001, key=jax.random.key(3), batch_size=PREDICT_CHUNK)
   assert inside == pred
 
 
@@ -239,7 +247,7 @@ def test_certificate_not_contradicted_by_attack_wedge():
   x = _half()
   x.reshape(-1)[:2] = WEDGE_THRESHOLD + 0.6  # margins 0.6 to both faces
   pred, radius = smoothing.certify(_wedge, x, sigma=sigma, n0=100, n=20_000, alpha=0.001,
-                                   key=jax.random.key(0), batch_size=5000)
+                                   key=jax.random.key(0), batch_size=EST_CHUNK)
   assert pred == 0 and radius > 0.3
   # pA = Phi(0.6/sigma)^2: the certified radius is below sigma * Phi^-1(pA).
   assert radius <= sigma * stats.norm.ppf(stats.norm.cdf(0.6 / sigma) ** 2)
@@ -254,7 +262,7 @@ def test_certificate_not_contradicted_by_attack_wedge():
 # ----------------------------------------------------------------------------------------------
 
 @pytest.mark.core
-@pytest.mark.parametrize("num_samples,batch_size", [(1001, 128), (5, 128), (256, 128), (3, 1)])
+@pytest.mark.parametrize("num_samples,batch_size", [(1001, 100), (5, 100), (200, 100), (3, 1)])
 def test_sample_counts_counts_exactly_num_samples(num_samples, batch_size):
   counts = smoothing.sample_counts(_coin, _half(), num_samples, 0.25, jax.random.key(0),
                                    batch_size=batch_size)
@@ -274,17 +282,21 @@ def test_sample_counts_chunks_use_independent_noise():
   # concentrated on few values; independent chunks give a ~Binomial(400, 1/2) count.
   counts = smoothing.sample_counts(_coin, _half(), 400, 0.25, jax.random.key(7), batch_size=4)
   assert 140 < counts[0] < 260
-  a = smoothing.sample_counts(_coin, _half(), 400, 0.25, jax.random.key(7), batch_size=400)
-  b = smoothing.sample_counts(_coin, _half(), 400, 0.25, jax.random.key(7), batch_size=400)
+  a = smoothing.sample_counts(_coin, _half(), 400, 0.25, jax.random.key(7), batch_size=100)
+  b = smoothing.sample_counts(_coin, _half(), 400, 0.25, jax.random.key(7), batch_size=100)
   np.testing.assert_array_equal(a, b)  # reproducible
 
 
 @pytest.mark.core
 def test_sample_counts_accepts_tree_util_partial():
-  logits_fn, x, w, b = _linear_problem(0.1, seed=6)
-  part = jax.tree_util.Partial(_linear_apply, jnp.asarray(w, jnp.float32), jnp.float32(b))
-  got = smoothing.sample_counts(part, x, 300, 0.3, jax.random.key(0), batch_size=128)
-  want = smoothing.sample_counts(logits_fn, x, 300, 0.3, jax.random.key(0), batch_size=128)
+  part, x, w, b = _linear_problem(0.1, seed=6)
+  assert isinstance(part, jax.tree_util.Partial)
+  w32, b32 = jnp.asarray(w, jnp.float32), jnp.float32(b)
+  plain = lambda z: _linear_apply(w32, b32, z)  # the same classifier as a plain function
+  # 1,000 samples in chunks of 300: a partial last chunk.
+  got = smoothing.sample_counts(part, x, 1000, 0.3, jax.random.key(0), batch_size=300)
+  want = smoothing.sample_counts(plain, x, 1000, 0.3, jax.random.key(0), batch_size=300)
+  assert 0 < got[0] < 1000  # both classes drawn: the counts compare something
   np.testing.assert_array_equal(got, want)
 
 
@@ -334,9 +346,9 @@ def test_certified_accuracy_counts_abstains_as_wrong():
 def test_certify_dataset_hands_each_result_to_the_callback():
   images = np.stack([_half(), _half()])
   seen = []
-  results = smoothing.certify_dataset(_coin, images, np.zeros(2, np.int32), sigma=0.25, n0=10,
-                                      n=10, alpha=0.001, key=jax.random.key(0), batch_size=10,
-                                      progress=False, callback=seen.append)
+  results = smoothing.certify_dataset(_coin, images, np.zeros(2, np.int32), sigma=0.25,
+                                      n0=N0_CHUNK, n=N0_CHUNK, alpha=0.001, key=jax.random.key(0),
+                                      batch_size=N0_CHUNK, progress=False, callback=seen.append)
   assert len(results) == 2 and seen == results
 
 
@@ -363,8 +375,8 @@ def test_run_certification_writes_outputs(certify_cli, tmp_path):
   out = tmp_path / "certify_sigma0.25"
   radii = [0.0, 0.1, 0.2, 0.3]
   summary = certify_cli.run_certification(
-      logits_fn, images, labels, str(out), sigma=0.25, n0=50, n=2000, alpha=0.001, seed=0,
-      batch_size=512, radii=radii, progress=False)
+      logits_fn, images, labels, str(out), sigma=0.25, n0=N0_CHUNK, n=2000, alpha=0.001, seed=0,
+      batch_size=PREDICT_CHUNK, radii=radii, progress=False)
 
   lines = (out / "results.jsonl").read_text().splitlines()
   assert len(lines) == len(images)
@@ -379,7 +391,7 @@ def test_run_certification_writes_outputs(certify_cli, tmp_path):
 
   data = json.loads((out / "certified_accuracy.json").read_text())
   assert data == summary
-  assert data["sigma"] == 0.25 and data["n0"] == 50 and data["n"] == 2000
+  assert data["sigma"] == 0.25 and data["n0"] == N0_CHUNK and data["n"] == 2000
   assert data["alpha"] == 0.001 and data["num_examples"] == len(images)
   assert [d["radius"] for d in data["certified_accuracy"]] == radii
   accs = [d["accuracy"] for d in data["certified_accuracy"]]
@@ -398,19 +410,38 @@ def test_output_dir_name(certify_cli):
   assert certify_cli.output_dir("RUN", 1) == os.path.join("RUN", "certify_sigma1.0")
 
 
-def test_cli_user_errors_exit_2(tmp_path):
+def test_cli_user_errors_exit_2(certify_cli, tmp_path, monkeypatch, capsys):
+  """A user error is one `error:` line on stderr and exit code 2, before anything is loaded or
+  written. The script itself is started once (absl's flag parsing and app.run, end to end); the
+  other errors go through the same main() in this process, with its flags set directly."""
   script = os.path.join(REPO, "experiments", "certify.py")
   env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, script, f"--workdir={tmp_path}", "--sigma=0"],
+                        capture_output=True, text=True, env=env, timeout=120, check=False)
+  assert proc.returncode == 2, proc.stderr
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: ") and "sigma" in lines[0], proc.stderr
+  defaults = dict(workdir=str(tmp_path), sigma=0.12, n0=100, n=100_000, alpha=0.001,
+                  num_examples=500, skip=1, batch_size=1000, radii=["0", "0.5"], split="test",
+                  seed=0, progress=False)
   cases = [
-      ([f"--workdir={tmp_path / 'missing'}", "--sigma=0.12"], "workdir"),
-      ([f"--workdir={tmp_path}", "--sigma=0"], "sigma"),
+      ({"workdir": str(tmp_path / "missing")}, "workdir"),
+      ({"sigma": 0.0}, "sigma"),
   ]
-  for argv, word in cases:
-    proc = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and word in lines[0], proc.stderr
+  verbosity = absl_logging.get_verbosity()  # main() lowers it: keep this process's
+  for changes, word in cases:
+    monkeypatch.setattr(certify_cli, "FLAGS", types.SimpleNamespace(**{**defaults, **changes}))
+    try:
+      with pytest.raises(SystemExit) as exit_info:
+        certify_cli.main(["certify.py"])
+    finally:
+      absl_logging.set_verbosity(verbosity)
+    assert exit_info.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1, err
+    assert lines[0].startswith("error: ") and word in lines[0], err
+  assert os.listdir(tmp_path) == []  # nothing written
 
 
 @pytest.mark.core
