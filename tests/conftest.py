@@ -17,11 +17,11 @@ import jax
 import pytest
 from tiny import make_tiny_config
 
-# The test files that take longest (measured, --durations), scheduled first: with
+# The test files that take longest (measured, --durations, 2026-12-07), scheduled first: with
 # `-n 2 --dist loadfile` a long file started last would leave one worker idle at the end.
-LONGEST_FIRST = ("test_notebook.py", "test_parallel.py", "test_multiprocess.py",
-                 "test_faults.py", "test_cifar_train.py", "test_fused.py", "test_reproduce.py",
-                 "test_autoattack_crosscheck.py", "test_train.py", "test_autoattack.py")
+LONGEST_FIRST = ("test_cifar_train.py", "test_train.py", "test_multiprocess.py",
+                 "test_reproduce.py", "test_faults.py", "test_fused.py", "test_notebook.py",
+                 "test_evaluate_chunks.py", "test_parallel.py", "test_attacks.py")
 
 
 _OWN_CACHE = []  # the cache folder this process made (removed when the run ends)
