@@ -56,6 +56,13 @@ def sha1_of(*arrays) -> str:
   return h.hexdigest()
 
 
+def examples_of(images, labels, a: int, b: int) -> dict:
+  """What identifies examples [a, b) of a chunk: their range and checksums of their images and
+  labels (part of its settings, so a chunk of other data is refused)."""
+  return {"start": a, "stop": b, "images_sha1": sha1_of(images[a:b]),
+          "labels_sha1": sha1_of(np.asarray(labels[a:b], np.int32))}
+
+
 def as_json(value):
   """value as it reads back from a JSON file (tuples become lists, objects strings)."""
   return json.loads(json.dumps(value, default=str))

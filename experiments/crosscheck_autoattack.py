@@ -129,9 +129,7 @@ def run_torch_attack(attack, predict, images, labels, batch_size, desc, norm, ch
   plan = chunks.plan(len(labels), batch_size)
 
   def settings_of(a, b):
-    return dict(settings, examples={
-        "start": a, "stop": b, "images_sha1": chunks.sha1_of(images[a:b]),
-        "labels_sha1": chunks.sha1_of(np.asarray(labels[a:b], np.int32))})
+    return dict(settings, examples=chunks.examples_of(images, labels, a, b))
 
   with tqdm(total=len(labels), desc=desc, unit="img", file=sys.stderr, leave=False) as bar:
     def on_written(i, chunk, seconds, done):
@@ -179,9 +177,7 @@ def run_ours(logits_fn, predict, images, labels, norm, eps, budget, chunk_dir, s
             "seconds": seconds}
 
   whole = (0, len(labels))
-  settings_of = lambda a, b: dict(settings, examples={
-      "start": a, "stop": b, "images_sha1": chunks.sha1_of(images[a:b]),
-      "labels_sha1": chunks.sha1_of(np.asarray(labels[a:b], np.int32))})
+  settings_of = lambda a, b: dict(settings, examples=chunks.examples_of(images, labels, a, b))
   done = chunks.run(chunk_dir, [whole], settings_of, compute)
   if whole not in done:
     print(f"ours: another process is running it (lock in {chunk_dir})", flush=True)

@@ -188,9 +188,7 @@ def evaluate_in_chunks(apply, variables, images, labels, specs, split_name):
   key = jax.random.PRNGKey(FLAGS.seed)
 
   def settings_of(a, b):
-    return dict(common, examples={
-        "start": a, "stop": b, "images_sha1": chunks.sha1_of(images[a:b]),
-        "labels_sha1": chunks.sha1_of(np.asarray(labels[a:b], np.int32))})
+    return dict(common, examples=chunks.examples_of(images, labels, a, b))
 
   def compute(a, b):
     try:
