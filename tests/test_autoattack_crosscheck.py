@@ -3,7 +3,8 @@ SmallCNN seen by PyTorch through atent_jax.interop.torch_module.
 
 Reduced budgets on both sides, set identically (APGD/APGD-T/FAB-T iterations, target classes,
 Square queries), so that the two implementations of the same algorithms are compared, not two
-budgets; the full-budget, 1,000-image comparison is experiments/crosscheck_autoattack.py. The
+budgets; the full-budget, 1,000-image comparison is experiments/crosscheck_autoattack.py, whose
+torchattacks members (torchattacks_reference) this test runs. The
 expectation is agreement: robust accuracies within a few examples and the same outcome on most
 examples (the attacks are randomized differently, so points near the boundary may differ).
 """
@@ -11,6 +12,7 @@ examples (the attacks are randomized differently, so points near the boundary ma
 
 import importlib.util
 import os
+import sys
 
 import jax
 import numpy as np
@@ -22,6 +24,10 @@ torchattacks = pytest.importorskip("torchattacks")
 from atent_jax import interop, runs, train
 from atent_jax.attacks import autoattack
 from atent_jax.data import load_dataset
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "experiments"))
+import crosscheck_autoattack as crosscheck  # noqa: E402  (the members the 1,000-image script runs)
 
 pytestmark = pytest.mark.slow
 
@@ -56,22 +62,6 @@ def trained(tmp_path_factory, tiny_config):
           np.asarray(labels[:N], np.int32))
 
 
-def _torchattacks_ensemble(module):
-  members = [
-      torchattacks.APGD(module, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1, loss="ce",
-                        seed=0),
-      torchattacks.APGDT(module, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1, n_classes=10,
-                         seed=0),
-      torchattacks.FAB(module, norm="Linf", eps=EPS, steps=STEPS, n_restarts=1,
-                       multi_targeted=True, n_classes=10, seed=0),
-      torchattacks.Square(module, norm="Linf", eps=EPS, n_queries=QUERIES, n_restarts=1,
-                          p_init=0.8, resc_schedule=False, seed=0),
-  ]
-  members[1].n_target_classes = TARGETS  # torchattacks sets n_classes - 1; AutoAttack's is 9
-  members[2].n_target_classes = TARGETS
-  return torchattacks.MultiAttack(members)
-
-
 def test_our_autoattack_agrees_with_torchattacks(trained):
   logits_fn, x, y = trained
   predict = lambda v: np.asarray(logits_fn(v)).argmax(-1)
@@ -87,7 +77,9 @@ def test_our_autoattack_agrees_with_torchattacks(trained):
   np.testing.assert_array_equal(ours_robust, ours.robust)
 
   torch.manual_seed(0)
-  adv = _torchattacks_ensemble(interop.torch_module(logits_fn))(
+  adv = crosscheck.torchattacks_reference(
+      interop.torch_module(logits_fn), "linf", EPS, 10, 0, steps=STEPS, targets=TARGETS,
+      queries=QUERIES)(
       torch.tensor(np.transpose(x, (0, 3, 1, 2))), torch.tensor(y, dtype=torch.long))
   adv = np.transpose(adv.detach().numpy(), (0, 2, 3, 1))
   assert np.abs(adv - x).max() <= EPS + 1e-5 and adv.min() >= 0 and adv.max() <= 1
