@@ -214,15 +214,14 @@ def evaluate_in_chunks(apply, variables, images, labels, specs, split_name):
       return True
     return False
 
-  # Every chunk on disk is checked (chunks.read_chunk) before anything runs, so a mismatch
-  # costs no compute.
-  on_disk = {c: chunks.read_chunk(chunks.chunk_path(chunk_dir, *c), settings_of(*c))
-             for c in plan if os.path.exists(chunks.chunk_path(chunk_dir, *c))}
+  # chunks.run checks every chunk on disk against settings_of before anything runs, so a
+  # mismatch costs no compute.
+  on_disk = sum(os.path.exists(chunks.chunk_path(chunk_dir, *c)) for c in plan)
   others = chunks.foreign_files(chunk_dir, plan)
   if others:
     print(f"note: {len(others)} chunk files in {chunk_dir} are not chunks of this command "
           "(another --chunk_size or --num_examples): ignored", flush=True)
-  print(f"chunks of {size}: {len(on_disk)} of {len(plan)} done already in {chunk_dir}",
+  print(f"chunks of {size}: {on_disk} of {len(plan)} done already in {chunk_dir}",
         flush=True)
   parts = chunks.run(chunk_dir, plan, settings_of, compute, on_written=on_written)
   if stopped:
