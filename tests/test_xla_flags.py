@@ -5,6 +5,10 @@ uniform constant baked into the program (a freshly initialised SmallCNN's zero l
 closed over by an attack) returned NaN or 1e35. The expectations here are plain NumPy.
 """
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,3 +40,23 @@ def test_a_fresh_small_cnn_closed_over_by_jit_gives_zero_logits():
   assert logits.shape == (128, 10)
   np.testing.assert_array_equal(np.asarray(logits), 0.0)
 
+
+
+_QUICK_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def test_these_checks_pass_at_the_optimisation_level_users_run():
+  """tests/conftest.py compiles at LLVM level 0 for speed; users' programs are compiled at the
+  default level, where the YNNPACK fault above was found. So the checks of this file run again
+  in a fresh process without the test setting."""
+  flags = os.environ.get("XLA_FLAGS", "").split()
+  if _QUICK_COMPILE not in flags:
+    pytest.skip("this process already compiles at the default level")
+  env = dict(os.environ, ATENT_JAX_TEST_FULL_OPT="1",
+             XLA_FLAGS=" ".join(f for f in flags if f != _QUICK_COMPILE))
+  done = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+       os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600,
+      check=False)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+  assert "7 passed, 1 skipped" in done.stdout, done.stdout[-2000:]
