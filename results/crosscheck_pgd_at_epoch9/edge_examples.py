@@ -1,36 +1,52 @@
-"""Which member breaks the 6 examples that torchattacks broke and ours did not?"""
-import sys, time, json
-import numpy as np, jax, torch
-sys.path.insert(0, "experiments")
+"""The 6 test images that torchattacks' AutoAttack broke and ours did not (crosscheck.json),
+attacked again alone: torchattacks' members one by one, then our AutoAttack under seeds 0-3.
+
+    python results/crosscheck_pgd_at_epoch9/edge_examples.py   # from the repository root
+"""
+
+import sys
+
+import jax
+import numpy as np
+import torch
+
 import atent_jax
 from atent_jax.attacks.autoattack import autoattack
 from atent_jax.data import mnist
 from atent_jax.interop import torch_module
-import crosscheck_autoattack as cc
-IDX = [112, 328, 466, 509, 710, 832]
-x, y = mnist.load_idx_folder("../shared/data/mnist", "test")
-x = np.asarray(x, np.float32); x = x / 255.0 if x.max() > 1 else x
-y = np.asarray(y, np.int32)
-f = atent_jax.load_classifier("results/autoattack_cpu/pgd_at_epoch9")
-predict = lambda a: np.asarray(f(a)).argmax(-1)
-xs, ys = x[IDX], y[IDX]
-print("clean correct", predict(xs) == ys, flush=True)
-out = {}
-# torchattacks members one by one
-module = torch_module(f)
-multi = cc.torchattacks_reference(module, "linf", 0.3, 10, 0)
-for m in multi.attacks:
-  t0 = time.time()
-  adv = m(torch.tensor(np.transpose(xs, (0, 3, 1, 2))), torch.tensor(ys, dtype=torch.long))
-  adv = np.transpose(adv.detach().numpy(), (0, 2, 3, 1))
-  r = (predict(adv) == ys)
-  print("torch", type(m).__name__, "robust", r.astype(int), f"{time.time()-t0:.0f}s", flush=True)
-  out["torch_" + type(m).__name__] = r.tolist()
-# ours, each example with its own index (the keys of the 1,000-image run), then other seeds
-for seed in (0, 1, 2, 3):
-  rows = []
-  for i, idx in enumerate(IDX):
-    res = autoattack(f, xs[i:i+1], ys[i:i+1], jax.random.PRNGKey(seed), norm="linf", eps=0.3,
-                     index_offset=idx)
-    rows.append("robust" if res.robust[0] else [k for k, v in res.per_attack.items() if v[0]][0])
-  print("ours seed", seed, rows, flush=True)
+
+sys.path.insert(0, "experiments")
+import crosscheck_autoattack  # noqa: E402  (a script, not a package)
+
+INDICES = [112, 328, 466, 509, 710, 832]
+
+
+def main():
+  images, labels = mnist.load_idx_folder("../shared/data/mnist", "test")
+  images = np.asarray(images, np.float32)
+  if images.max() > 1:
+    images = images / 255.0
+  x, y = images[INDICES], np.asarray(labels, np.int32)[INDICES]
+  logits_fn = atent_jax.load_classifier("results/autoattack_cpu/pgd_at_epoch9")
+
+  def predict(a):
+    return np.asarray(logits_fn(a)).argmax(-1)
+
+  print("clean correct", predict(x) == y, flush=True)
+  chain = crosscheck_autoattack.torchattacks_reference(torch_module(logits_fn), "linf", 0.3, 10, 0)
+  for member in chain.attacks:
+    adv = member(torch.tensor(np.transpose(x, (0, 3, 1, 2))), torch.tensor(y, dtype=torch.long))
+    robust = predict(np.transpose(adv.detach().numpy(), (0, 2, 3, 1))) == y
+    print("torch", type(member).__name__, "robust", robust.astype(int), flush=True)
+  for seed in range(4):
+    outcome = []
+    for i, index in enumerate(INDICES):  # each with its own index, as in the 1,000-image run
+      result = autoattack(logits_fn, x[i:i + 1], y[i:i + 1], jax.random.PRNGKey(seed),
+                          norm="linf", eps=0.3, index_offset=index)
+      broken_by = [name for name, mask in result.per_attack.items() if mask[0]]
+      outcome.append(broken_by[0] if broken_by else "robust")
+    print("ours seed", seed, outcome, flush=True)
+
+
+if __name__ == "__main__":
+  main()
