@@ -13,22 +13,11 @@ import os
 import shutil
 import tempfile
 
+import quick_compile
 
-def _compile_quickly():
-  """Tests spend most of their CPU time compiling (the 678 tests compiled 5,601 XLA programs in
-  1,355 CPU seconds of a 1,905-second run, measured 2026-12-07): LLVM's optimisation level 0
-  halves that (tests/test_fused.py: 108 -> 50 CPU seconds) and leaves XLA's own HLO passes, and
-  so what is computed, as they are; programs then run slower, which tiny tests do not feel. Set
-  before JAX creates a backend; xdist workers and the scripts tests start inherit it. A user's
-  own optimisation level is kept, and ATENT_JAX_TEST_FULL_OPT=1 runs the suite as users' code
-  runs (tests/test_xla_flags.py runs itself that way in any case)."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  if os.environ.get("ATENT_JAX_TEST_FULL_OPT") == "1" or "xla_backend_optimization_level" in flags:
-    return
-  os.environ["XLA_FLAGS"] = (flags + " --xla_backend_optimization_level=0").strip()
-
-
-_compile_quickly()
+# Set before JAX creates a backend; xdist workers and the scripts tests start inherit it
+# (tests/quick_compile.py says why; tests/test_xla_flags.py also runs at users' level).
+quick_compile.with_flag(os.environ)
 
 import jax  # noqa: E402  (after the flag above)
 import pytest  # noqa: E402

@@ -17,6 +17,7 @@ import os
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from quick_compile import without_flag
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "atent_quickstart.ipynb")
@@ -47,10 +48,8 @@ def test_the_notebook_is_stored_small_and_without_outputs():
 def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's training runs go here
   # The kernel compiles as a reader's does: the notebook's time goes to running attacks, which
-  # tests/conftest.py's quick-compile level slows (measured: 82 s at the default, 131 s at 0).
-  monkeypatch.setenv("XLA_FLAGS", " ".join(
-      f for f in os.environ.get("XLA_FLAGS", "").split()
-      if not f.startswith("--xla_backend_optimization_level")))
+  # the tests' quick-compile level slows (two full-suite runs: 82 s at users' level, 131 s at 0).
+  monkeypatch.setenv("XLA_FLAGS", without_flag(os.environ.get("XLA_FLAGS", "")))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   notebook.cells.append(nbformat.v4.new_code_cell(_REPORT))
   client = NotebookClient(notebook, timeout=900, kernel_name="python3",

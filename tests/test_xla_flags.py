@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import quick_compile
 
 import atent_jax  # noqa: F401  (sets the flags before the first backend is created)
 from atent_jax.models.mnist import SmallCNN
@@ -42,18 +43,15 @@ def test_a_fresh_small_cnn_closed_over_by_jit_gives_zero_logits():
 
 
 
-_QUICK_COMPILE = "--xla_backend_optimization_level=0"
-
-
 def test_these_checks_pass_at_the_optimisation_level_users_run():
   """tests/conftest.py compiles at LLVM level 0 for speed; users' programs are compiled at the
   default level, where the YNNPACK fault above was found. So the checks of this file run again
   in a fresh process without the test setting."""
   flags = os.environ.get("XLA_FLAGS", "").split()
-  if _QUICK_COMPILE not in flags:
+  if quick_compile.FLAG not in flags:
     pytest.skip("this process already compiles at the default level")
   env = dict(os.environ, ATENT_JAX_TEST_FULL_OPT="1",
-             XLA_FLAGS=" ".join(f for f in flags if f != _QUICK_COMPILE))
+             XLA_FLAGS=quick_compile.without_flag(" ".join(flags)))
   done = subprocess.run(
       [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
        os.path.abspath(__file__)], env=env, capture_output=True, text=True, timeout=600,
