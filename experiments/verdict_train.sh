@@ -9,7 +9,8 @@
 # paper's attack (PGD-20, 10 restarts), PGD-100 and AutoAttack, in chunks of 100 written to
 # ROW/robustness_chunks/ as they finish (about 2 core-hours a row here; a rerun resumes them;
 # the last chunk merges them into ROW/robustness.json). The core a row trained on then goes to
-# the next row: core 0 ATENT then SGD; core 1 PGD-AT then MART, beside TRADES.
+# the next row: core 0 ATENT, SGD, then TRADES; core 1 PGD-AT then MART. (TRADES ran beside
+# PGD-AT on core 1 until epoch 16; one row a core finishes each row sooner.)
 #   bash experiments/verdict_train.sh            # from the repository root
 set -u
 # nice 19 alone is not enough on Linux with autogroup scheduling (sched_autogroup_enabled=1):
@@ -39,9 +40,8 @@ row() {  # core, row
 }
 rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
-  (row 0 atent_linf; row 0 sgd) &
+  (row 0 atent_linf; row 0 sgd; row 0 trades) &
   (row 1 pgd_at; row 1 mart) &
-  (row 1 trades) &
 else
   for r in "${rows[@]}"; do (row "${CORE:-1}" "$r") & done
 fi

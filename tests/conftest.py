@@ -23,11 +23,13 @@ import jax  # noqa: E402  (after the flag above)
 import pytest  # noqa: E402
 from tiny import make_tiny_config  # noqa: E402
 
-# The test files that take longest (measured, --durations, 2026-12-07), scheduled first: with
-# `-n 2 --dist loadfile` a long file started last would leave one worker idle at the end.
-LONGEST_FIRST = ("test_cifar_train.py", "test_train.py", "test_multiprocess.py",
-                 "test_reproduce.py", "test_faults.py", "test_fused.py", "test_notebook.py",
-                 "test_evaluate_chunks.py", "test_parallel.py", "test_attacks.py")
+# The test files that take longest (measured, per-test wall summed per file, -n 2, LLVM level 1,
+# 2026-12-07), scheduled first: with `-n 2 --dist loadfile` a long file started last would leave
+# one worker idle at the end.
+LONGEST_FIRST = ("test_multiprocess.py", "test_train.py", "test_reproduce.py",
+                 "test_cifar_train.py", "test_notebook.py", "test_evaluate_chunks.py",
+                 "test_faults.py", "test_attacks.py", "test_autoattack_crosscheck.py",
+                 "test_fused.py", "test_evaluate_cli.py")
 
 
 _OWN_CACHE = []  # the cache folder this process made (removed when the run ends)

@@ -47,9 +47,13 @@ def test_the_notebook_is_stored_small_and_without_outputs():
                            "synthetic images the robustness gap it shows does not exist")
 def test_the_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   monkeypatch.setenv("TMPDIR", str(tmp_path))  # the notebook's training runs go here
-  # The kernel compiles as a reader's does: the notebook's time goes to running attacks, which
-  # the tests' quick-compile level slows (two full-suite runs: 82 s at users' level, 131 s at 0).
+  # The kernel compiles as a reader's does (the notebook's time goes to running attacks: two
+  # full-suite runs gave 82 s at users' level, 131 s at the LLVM level 0 the tests once used).
   monkeypatch.setenv("XLA_FLAGS", without_flag(os.environ.get("XLA_FLAGS", "")))
+  # The kernel imports this checkout's atent_jax, as the tests do, whatever is installed (an
+  # editable install of another clone, or none: the kernel would fail on its first import).
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+      [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   notebook.cells.append(nbformat.v4.new_code_cell(_REPORT))
   client = NotebookClient(notebook, timeout=900, kernel_name="python3",

@@ -44,9 +44,9 @@ def test_a_fresh_small_cnn_closed_over_by_jit_gives_zero_logits():
 
 
 def test_these_checks_pass_at_the_optimisation_level_users_run():
-  """tests/conftest.py compiles at LLVM level 0 for speed; users' programs are compiled at the
-  default level, where the YNNPACK fault above was found. So the checks of this file run again
-  in a fresh process without the test setting."""
+  """tests/conftest.py compiles at LLVM level 1 for speed (tests/quick_compile.py); users'
+  programs are compiled at the default level, where the YNNPACK fault above was found. So the
+  checks of this file run again in a fresh process without the test setting."""
   flags = os.environ.get("XLA_FLAGS", "").split()
   if quick_compile.FLAG not in flags:
     pytest.skip("this process already compiles at the default level")
