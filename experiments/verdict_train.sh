@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Trains (or resumes) the verdict's Table 2 rows on a 2-core CPU at the lowest priority, so
-# interactive work goes first: ATENT alone on core 0 (its epoch costs about 1.2 PGD-AT epochs
-# of CPU time: 432 s alone on a quiet core), PGD-AT and TRADES side by side on core 1, then SGD
-# and MART on core 1, so that ATENT's row, the longest, never waits for a core. Every row
+# interactive work goes first: one row at a time on each core (ATENT's epoch costs about 1.2
+# PGD-AT epochs of CPU time: 432 s alone on a quiet core), in the order given below. Every row
 # resumes exactly from its last checkpoint in results/verdict/table2/ROW when this is rerun (a
 # finished row is a no-op), so a session can be stopped at any time and the next one continues.
 # A row that has finished training is then evaluated on the first 1,000 test images with the
