@@ -30,6 +30,10 @@ train() {  # core, row
     --config.train.progress_bar=False >> "$out/logs/$2.log" 2>&1
 }
 evaluate() {  # core, row: only a row whose training ended (exit 0) is evaluated
+  # A merged result is final: rerunning evaluate.py on it would merge the chunks again and rerun
+  # its sanity checks (measured twice on 2026-12-07: one XLA compile of 8-11 min, killed after
+  # 14 min of CPU).
+  [ -f "$out/$2/robustness.json" ] && return 0
   taskset -c "$1" nice -n 19 python experiments/evaluate.py --workdir="$out/$2" \
     --num_examples=1000 --attacks=pgd20_linf:restarts=10,pgd100_linf,autoattack \
     --batch_size=100 --chunk_size=100 --noprogress >> "$out/logs/$2.eval.log" 2>&1
