@@ -2,11 +2,12 @@
 reshape-based 2x2 max-pool, and a `flax.linen` Conv module that uses them.
 
 Why: on XLA:CPU the weight gradient (dW) of a convolution is the bottleneck of training small
-CNNs (for SmallCNN's 32->32 3x3 conv on 26x26 maps, XLA's own dW takes 126-138 ms at batch 128
-on 2 cores). `conv2d` keeps the forward convolution and the input gradient (dX) exactly as XLA
-does them, and computes dW as kh*kw shifted-slice contractions
+CNNs (for SmallCNN's 32->32 3x3 conv on 26x26 maps, XLA's own dW takes 148-158 ms of CPU at
+batch 128). `conv2d` keeps the input gradient (dX) exactly as XLA does it and computes dW as
     dW[i, j] = sum_{n,h,w} xpad[n, h+i, w+j, :]^T dy[n, h, w, :]
-accumulated over cache-sized chunks of `chunk` examples in a `lax.scan` (3-4x faster on CPU).
+by one of `DW_KERNEL`'s formulations: by default the C++ kernel of `atent_jax.native` (float32
+on CPU: 15.5 ms for that layer), else per chunk of `chunk` examples in a `lax.scan`, one im2col
+matmul each (33 ms). results/benchmark_cpu/README.md has the measurements.
 
 `forward="im2col"` also replaces the forward convolution (not dX) by blocked im2col: patches of
 `IM2COL_BLOCK` examples at a time, one matmul per block. XLA:CPU's own forward is slow for
@@ -35,6 +36,8 @@ import numpy as np
 from flax import linen as nn
 from jax import lax
 
+from atent_jax import native
+
 __all__ = [
     "conv2d", "conv2d_xla", "max_pool_2x2", "Conv", "set_conv_impl", "get_conv_impl",
     "DEFAULT_CHUNK", "pytorch_conv_kernel_init", "pytorch_bias_init",
@@ -42,15 +45,23 @@ __all__ = [
 
 PaddingLike = str | int | Sequence[int] | Sequence[Sequence[int]]
 
-# Examples per piece of the dW accumulation. Measured on a 2-core AVX2 machine with the YNNPACK
-# XLA flag (SmallCNN, batch 128, grad w.r.t. params): chunk 2/4/8/16 -> 101/100/98/103 ms,
-# 32 -> 197 ms, plain XLA 161 ms. The 32->32 3x3 conv on 26x26 maps alone: dW 32 ms vs 83 ms.
-DEFAULT_CHUNK = 8
+# Examples per piece of the XLA dW formulations ("im2col", "shift"; the native kernel works one
+# example at a time by itself). 2 since 2026-12-07: whole SmallCNN steps, batch 128, CPU time,
+# against 8 (chosen in 2026-11 with a since-withdrawn YNNPACK fusion): SGD 0.90x, ATENT K 10
+# 0.96x (results/benchmark_cpu/dw_chunk_ab.py).
+DEFAULT_CHUNK = 2
 # lax.scan unroll factor of the dW accumulation loop (2 did not help in the full model, 4 hurt).
 SCAN_UNROLL = 1
 # Examples per block of the im2col forward (results/benchmark_cpu/conv_forward.py: 2 was the
 # fastest for SmallCNN's conv2 on a 2-core AMD EPYC, 4 close, 16 much slower).
 IM2COL_BLOCK = 2
+# How dW is computed (read when the gradient is traced; results/benchmark_cpu/README.md):
+#   "native": the C++ kernel of atent_jax.native (float32 on CPU; about 2x "im2col");
+#   "im2col": per chunk of examples, one patches^T dy matmul;
+#   "shift": per chunk, kh*kw shifted-slice contractions;
+#   "auto" (default): "native" where it applies and builds, else "im2col".
+DW_KERNEL = "auto"
+_DW_KERNELS = ("auto", "native", "im2col", "shift")
 _FORWARDS = ("xla", "im2col")
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -133,11 +144,42 @@ def _dw_piece(xp: jax.Array, dy: jax.Array, kh: int, kw: int, acc_dtype) -> jax.
   return jnp.stack(rows)
 
 
+def _dw_piece_im2col(xp: jax.Array, dy: jax.Array, kh: int, kw: int, acc_dtype) -> jax.Array:
+  """The same sum as `_dw_piece` as one matmul: the piece's im2col patches^T dy."""
+  ho, wo = dy.shape[1], dy.shape[2]
+  patches = jnp.concatenate([xp[:, i:i + ho, j:j + wo, :] for i in range(kh)
+                             for j in range(kw)], -1)
+  dw = jnp.einsum("nhwp,nhwo->po", patches, dy, preferred_element_type=acc_dtype)
+  return dw.reshape((kh, kw, xp.shape[3], dy.shape[3]))
+
+
+def _dw_kernel(x: jax.Array, dy: jax.Array) -> str:
+  """The dW formulation DW_KERNEL asks for, "auto" resolved for these operands."""
+  if DW_KERNEL not in _DW_KERNELS:
+    raise ValueError(f"ops.DW_KERNEL must be one of {_DW_KERNELS}, got {DW_KERNEL!r}")
+  applies = (x.dtype == jnp.float32 and dy.dtype == jnp.float32
+             and jax.default_backend() == "cpu")
+  if DW_KERNEL == "native":
+    if not applies:
+      raise ValueError(f"ops.DW_KERNEL='native' needs float32 operands on the CPU backend, got "
+                       f"{x.dtype}/{dy.dtype} on {jax.default_backend()}: use 'auto'")
+    if not native.conv_dw_available():
+      raise RuntimeError(f"ops.DW_KERNEL='native': {native.build_error()}; use 'auto'")
+    return "native"
+  if DW_KERNEL == "auto":
+    return "native" if applies and native.conv_dw_available() else "im2col"
+  return DW_KERNEL
+
+
 def _conv_dw(x: jax.Array, dy: jax.Array, kernel_shape, pads, chunk: int) -> jax.Array:
   """Weight gradient of the stride-1 conv, batch-chunked (see module docstring)."""
+  kernel = _dw_kernel(x, dy)
   kh, kw, cin, cout = kernel_shape
   acc_dtype = jnp.promote_types(jnp.promote_types(x.dtype, dy.dtype), jnp.float32)
   xp = jnp.pad(x, ((0, 0), pads[0], pads[1], (0, 0))) if any(v for p in pads for v in p) else x
+  if kernel == "native":
+    return native.conv_dw(xp, dy, kh, kw)
+  piece = _dw_piece_im2col if kernel == "im2col" else _dw_piece
   n = x.shape[0]
   c = max(1, min(int(chunk), n))
   n_main = (n // c) * c
@@ -147,14 +189,14 @@ def _conv_dw(x: jax.Array, dy: jax.Array, kernel_shape, pads, chunk: int) -> jax
     xs = xp[:n_main].reshape((steps, c) + xp.shape[1:])
     ys = dy[:n_main].reshape((steps, c) + dy.shape[1:])
     if steps == 1:
-      dw = _dw_piece(xs[0], ys[0], kh, kw, acc_dtype)
+      dw = piece(xs[0], ys[0], kh, kw, acc_dtype)
     else:
       def body(acc, xy):
-        return acc + _dw_piece(xy[0], xy[1], kh, kw, acc_dtype), None
+        return acc + piece(xy[0], xy[1], kh, kw, acc_dtype), None
       dw, _ = lax.scan(body, jnp.zeros((kh, kw, cin, cout), acc_dtype), (xs, ys),
                        unroll=max(1, min(SCAN_UNROLL, steps)))
   if n_main < n:
-    rest = _dw_piece(xp[n_main:], dy[n_main:], kh, kw, acc_dtype)
+    rest = piece(xp[n_main:], dy[n_main:], kh, kw, acc_dtype)
     dw = rest if dw is None else dw + rest
   return dw
 

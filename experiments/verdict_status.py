@@ -5,8 +5,9 @@ stopping it, before committing results/verdict:
 
   python experiments/verdict_status.py --session=2026-12-01
 
-Per row: the epochs done and the step of the last checkpoint (what the next session resumes
-from), the training loop's per-epoch validation check (clean / PGD-20 %) at a few epochs, and
+Per row of Tables 2 and 1: the epochs done and the step of the last checkpoint (what the next
+session resumes from), the training loop's per-epoch validation check (clean / robust %) at a
+few epochs, and
 how far the test-set evaluation that verdict_train.sh runs after training is (chunks done, or
 its robust accuracies once merged).
 Rows not started yet are listed as such. The README's text between "Status at the end of" and
@@ -23,73 +24,83 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from atent_jax import cli  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASE = os.path.join(_ROOT, "results", "verdict", "table2")
-README = os.path.join(_ROOT, "results", "verdict", "README.md")
-ROWS = {"atent_linf": "l_inf-ATENT (code variant)", "pgd_at": "PGD-AT", "trades": "TRADES",
-        "sgd": "SGD", "mart": "MART"}
+VERDICT = os.path.join(_ROOT, "results", "verdict")
+README = os.path.join(VERDICT, "README.md")
+# table folder -> (its title and per-epoch check, its rows: folder -> label)
+TABLES = {
+    "table2": ("Table 2 (l_inf eps 0.3, SmallCNN); per-epoch check PGD-20 step 0.01",
+               {"atent_linf": "l_inf-ATENT (code variant)", "pgd_at": "PGD-AT",
+                "trades": "TRADES", "sgd": "SGD", "mart": "MART"}),
+    "table1": ("Table 1 (l_2 eps 2, LeNet5); per-epoch check PGD-40 step 0.25",
+               {"atent_l2": "l_2-ATENT (code variant)", "pgd_at": "PGD-AT",
+                "trades": "TRADES", "sgd": "SGD", "mma": "MMA"}),
+}
 START, END = "Status at the end of", "Machine: the project's"
 
 flags.DEFINE_string("session", None, "The session's date, e.g. 2026-12-01.", required=True)
 flags.DEFINE_integer("columns", 7, "Epochs shown: the last ones reached, up to this many.")
 
 
-def _progress(row: str):
+def _progress(base: str, row: str):
   """(metrics by epoch, last checkpoint step) of a row; ({}, None) when it has not started."""
-  metrics_path = os.path.join(BASE, row, "metrics.jsonl")
+  metrics_path = os.path.join(base, row, "metrics.jsonl")
   if not os.path.exists(metrics_path):
     return {}, None
   with open(metrics_path) as f:
     by_epoch = {m["epoch"]: m for m in map(json.loads, filter(str.strip, f))}
-  ckpt_dir = os.path.join(BASE, row, "checkpoints")
+  ckpt_dir = os.path.join(base, row, "checkpoints")
   steps = sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit()) if os.path.isdir(
       ckpt_dir) else []
   return by_epoch, (steps[-1] if steps else None)
 
 
-def _test_chunks(row: str) -> str:
+def _test_chunks(base: str, row: str) -> str:
   """How far the row's test-set evaluation is: merged, k of 10 chunks, or not started."""
-  path = os.path.join(BASE, row, "robustness.json")
+  path = os.path.join(base, row, "robustness.json")
   if os.path.exists(path):
     with open(path) as f:
       res = json.load(f)
     return "; ".join(f"{a['name']} {100 * a['robust_accuracy']:.1f}" for a in res["attacks"])
-  chunk_dir = os.path.join(BASE, row, "robustness_chunks")
+  chunk_dir = os.path.join(base, row, "robustness_chunks")
   done = len([n for n in os.listdir(chunk_dir) if n.endswith(".json")]) if os.path.isdir(
       chunk_dir) else 0
   return f"{done} of 10 chunks" if done else "not started"
 
 
-def status_table(columns: int) -> str:
-  progress = {row: _progress(row) for row in ROWS}
+def status_table(table: str, columns: int) -> str:
+  base = os.path.join(VERDICT, table)
+  rows = TABLES[table][1]
+  progress = {row: _progress(base, row) for row in rows}
   reached = sorted({e for by_epoch, _ in progress.values() for e in by_epoch})
   shown = reached[-columns:]
-  lines = ["| row | epochs done | " + " | ".join(map(str, shown)) + " | test set (first 1,000) |",
-           "|---|---:|" + "---|" * len(shown) + "---|"]
-  for row, label in ROWS.items():
+  lines = ["| " + " | ".join(["row", "epochs done", *map(str, shown), "test set (first 1,000)"])
+           + " |", "|---|---:|" + "---|" * (len(shown) + 1)]
+  for row, label in rows.items():
     by_epoch, step = progress[row]
     if not by_epoch:
-      lines.append(f"| {label} | 0 (not started) |" + " |" * len(shown) + " |")
+      lines.append(f"| {label} | 0 (not started) |" + " |" * (len(shown) + 1))
       continue
     cells = [f"{100 * by_epoch[e]['clean_accuracy']:.1f} / "
              f"{100 * by_epoch[e]['robust_accuracy']:.1f}" if e in by_epoch else ""
              for e in shown]
     done = f"{max(by_epoch)} (checkpoint at step {step})" if step is not None else max(by_epoch)
-    lines.append(f"| {label} | {done} | " + " | ".join(cells) + f" | {_test_chunks(row)} |")
+    lines.append(f"| {label} | {done} | " + " | ".join(cells) + f" | {_test_chunks(base, row)} |")
   return "\n".join(lines)
 
 
 def main(argv):
   del argv
-  table = status_table(flags.FLAGS.columns)
+  table = "\n\n".join(f"{title}:\n\n{status_table(name, flags.FLAGS.columns)}"
+                      for name, (title, _) in TABLES.items())
   with open(README) as f:
     text = f.read()
   if START not in text or END not in text:
     cli.fail(f"{README} has no '{START}' ... '{END}' section to replace")
   i, j = text.index(START), text.index(END)
   text = text[:i] + (
-      f"{START} the {flags.FLAGS.session} session (validation: 1,000 held-out training images;\n"
-      "PGD-20 step 0.01 one restart, the training loop's per-epoch check), clean / PGD-20 %,\n"
-      "by epoch; **in progress, not a result**:\n\n" + table + "\n\n") + text[j:]
+      f"{START} the {flags.FLAGS.session} session (validation: 1,000 held-out training images,\n"
+      "the training loop's per-epoch check, one restart), clean / robust %, by epoch;\n"
+      "**in progress, not a result**.\n\n" + table + "\n\n") + text[j:]
   with open(README, "w") as f:
     f.write(text)
   print(table)

@@ -54,6 +54,10 @@ _SCRIPT = textwrap.dedent("""
           "step_size": 0.05}],
         jax.random.PRNGKey(0), batch_size=8, sanity_checks=False, masking_checks=False)
     assert 0 <= report["attacks"][0]["robust_accuracy"] <= report["clean_accuracy"] <= 1
+    # The wheel carries the C++ source of the native dW kernel (package data): it builds.
+    import shutil
+    from atent_jax import native
+    assert native.conv_dw_available() or not shutil.which("g++"), native.build_error()
     print("INSTALLED_OK", here, final.get("step"))
 """)
 

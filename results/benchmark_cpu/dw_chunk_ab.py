@@ -4,6 +4,10 @@ chunk in this process, rounds alternated (the order rotated each round). Process
 (median and min-max of ROUNDS), so a niced job on another core does not move the figures much.
 
   taskset -c 0 python results/benchmark_cpu/dw_chunk_ab.py [chunk ...]   # default: 8 2 4
+  taskset -c 1 python results/benchmark_cpu/dw_chunk_ab.py 8 2 im2col:2 im2col:4
+
+A bare number is a chunk of the shifted-slice kernel (ops.DW_KERNEL "shift"); "im2col:C" is
+chunks of C examples as one patches^T dy matmul each (ops.DW_KERNEL "im2col").
 
 DEFAULT_CHUNK 8 was chosen on 2026-11-28 with YNNPACK's element-wise fusion on (ops.py); that
 flag is gone since 2026-12-01, so the choice is measured again here.
@@ -26,12 +30,18 @@ ROUNDS = 7
 ROWS = (("sgd", 0), ("pgd_at", 10), ("atent_linf", 10))
 
 
+def parse(arg: str) -> tuple[str, int]:
+  kernel, _, chunk = arg.rpartition(":")
+  return kernel or "shift", int(chunk)
+
+
 def main(chunks):
   steps = {}
   for variant, k in ROWS:
     for chunk in chunks:
-      ops.DEFAULT_CHUNK = chunk  # read when the step is traced
+      ops.DW_KERNEL, ops.DEFAULT_CHUNK = parse(chunk)  # both read when the step is traced
       steps[(variant, k, chunk)] = benchmark.build_jax_step(variant, k, 128)[0]
+  ops.DW_KERNEL, ops.DEFAULT_CHUNK = "shift", 8
   names = list(steps)
   for name in names:
     steps[name]()  # warm-up
@@ -54,4 +64,4 @@ def main(chunks):
 
 
 if __name__ == "__main__":
-  main([int(c) for c in sys.argv[1:]] or [8, 2, 4])
+  main(sys.argv[1:] or ["8", "2", "4"])
