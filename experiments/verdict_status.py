@@ -7,9 +7,8 @@ stopping it, before committing results/verdict:
 
 Per row of Tables 2 and 1: the epochs done and the step of the last checkpoint (what the next
 session resumes from), the training loop's per-epoch validation check (clean / robust %) at a
-few epochs, and
-how far the test-set evaluation that verdict_train.sh runs after training is (chunks done, or
-its robust accuracies once merged).
+few epochs, and how far the test-set evaluation that verdict_train.sh runs after training is
+(chunks done, or its robust accuracies once merged).
 Rows not started yet are listed as such. The README's text between "Status at the end of" and
 "Machine: the project's" is replaced; the rest is left as it is.
 """
