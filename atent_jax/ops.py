@@ -62,6 +62,13 @@ IM2COL_BLOCK = 2
 #   "auto" (default): "native" where it applies and builds, else "im2col".
 DW_KERNEL = "auto"
 _DW_KERNELS = ("auto", "native", "im2col", "shift")
+# How dX is computed (read when the gradient is traced): "xla" (default), XLA's transpose of its
+# own conv; "im2col", for the layers whose forward is im2col, the same blocked im2col applied to
+# dy and the flipped kernel. Measured both ways (results/benchmark_cpu/dx_ab.py): "im2col" makes
+# an exact ATENT step about 0.75x, because XLA:CPU runs one of its conv2 transposes there through
+# a slow path (726 ms of a 1.1 s PGD-AT K 1 step), but attacks on a fixed model 1.2-1.4x slower.
+DX_KERNEL = "xla"
+_DX_KERNELS = ("xla", "im2col")
 _FORWARDS = ("xla", "im2col")
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -243,6 +250,23 @@ def _make_im2col_forward(pads):
   return forward
 
 
+def _conv_dx(x: jax.Array, dy: jax.Array, kernel: jax.Array, pads, forward: str) -> jax.Array:
+  """Input gradient of the stride-1 conv (see DX_KERNEL)."""
+  if DX_KERNEL not in _DX_KERNELS:
+    raise ValueError(f"ops.DX_KERNEL must be one of {_DX_KERNELS}, got {DX_KERNEL!r}")
+  kh, kw = kernel.shape[:2]
+  full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
+  if DX_KERNEL == "im2col" and forward == "im2col" and all(lo >= 0 and hi >= 0 for lo, hi in full):
+    # dy (padded to 'full') correlated with the flipped kernel, in/out swapped, by the same
+    # blocked im2col as the forward value.
+    flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return _make_im2col_forward(full)(dy, flipped)
+  # XLA's own transpose of its conv (the dead forward is removed by DCE).
+  _, vjp_x = jax.vjp(
+      lambda xx: lax.conv_general_dilated(xx, kernel, (1, 1), pads, dimension_numbers=_DN), x)
+  return vjp_x(dy)[0]
+
+
 def _make_chunked_conv(pads, chunk, forward="xla"):
   primal = (_make_im2col_forward(pads) if forward == "im2col" else
             lambda x, kernel: lax.conv_general_dilated(x, kernel, (1, 1), pads,
@@ -257,10 +281,7 @@ def _make_chunked_conv(pads, chunk, forward="xla"):
 
   def bwd(res, dy):
     x, kernel = res
-    # dX exactly as XLA differentiates its own conv (the dead forward is removed by DCE).
-    _, vjp_x = jax.vjp(
-        lambda xx: lax.conv_general_dilated(xx, kernel, (1, 1), pads, dimension_numbers=_DN), x)
-    (dx,) = vjp_x(dy)
+    dx = _conv_dx(x, dy, kernel, pads, forward)
     dw = _conv_dw(x, dy, kernel.shape, pads, chunk).astype(kernel.dtype)
     return dx, dw
 

@@ -111,6 +111,39 @@ def test_dw_kernels_match_numpy_float64_on_a_rectangular_kernel(dw_kernel, monke
   assert _rel_err(dw, ref) < 1e-5
 
 
+@pytest.mark.parametrize("dx_kernel", ["xla", "im2col"])
+@pytest.mark.parametrize("padding,k", [("VALID", 3), ("SAME", 3), (((2, 0), (1, 2)), 3),
+                                       (2, 5), (((3, 0), (0, 0)), 2)])
+def test_dx_kernels_match_numpy_float64(dx_kernel, padding, k, monkeypatch):
+  """ops.DX_KERNEL's two input gradients of the im2col-forward conv against a float64 NumPy
+  scatter of dy through the kernel; the last padding (3 > k - 1) takes XLA's path either way."""
+  monkeypatch.setattr(ops, "DX_KERNEL", dx_kernel)
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.standard_normal((3, 7, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.standard_normal((k, k, 4, 5)), jnp.float32)
+  (lo_h, hi_h), (lo_w, hi_w) = _pads(padding, k)
+  ho, wo = 7 + lo_h + hi_h - k + 1, 8 + lo_w + hi_w - k + 1
+  dy = rng.standard_normal((3, ho, wo, 5))
+  dx = jax.jit(lambda x, dy: jax.vjp(lambda xx: ops.conv2d(
+      xx, w, padding=padding, impl="chunked", forward="im2col"), x)[1](dy)[0])(
+          x, jnp.asarray(dy, jnp.float32))
+  wn = np.asarray(w, np.float64)
+  dxpad = np.zeros((3, 7 + lo_h + hi_h, 8 + lo_w + hi_w, 4))
+  for i in range(k):
+    for j in range(k):
+      dxpad[:, i:i + ho, j:j + wo] += np.einsum("nhwo,co->nhwc", dy, wn[i, j])
+  ref = dxpad[:, lo_h:lo_h + 7, lo_w:lo_w + 8]
+  chex.assert_shape(dx, (3, 7, 8, 4))
+  assert _rel_err(dx, ref) < 1e-5
+
+
+def test_unknown_dx_kernel_is_refused(monkeypatch):
+  monkeypatch.setattr(ops, "DX_KERNEL", "fast")
+  x, w = _data(2, 5, 1, 2, 3)
+  with pytest.raises(ValueError, match="DX_KERNEL must be one of"):
+    jax.grad(lambda x: jnp.sum(ops.conv2d(x, w, impl="chunked")))(x)
+
+
 def test_unknown_dw_kernel_is_refused(monkeypatch):
   monkeypatch.setattr(ops, "DW_KERNEL", "fast")
   x, w = _data(2, 5, 1, 2, 3)
