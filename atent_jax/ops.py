@@ -27,6 +27,7 @@ Limits (documented, by design):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,7 +40,7 @@ from jax import lax
 from atent_jax import native
 
 __all__ = [
-    "conv2d", "conv2d_xla", "max_pool_2x2", "Conv", "set_conv_impl", "get_conv_impl",
+    "conv2d", "conv2d_xla", "max_pool_2x2", "Conv", "set_conv_impl", "get_conv_impl", "dx_kernel",
     "DEFAULT_CHUNK", "pytorch_conv_kernel_init", "pytorch_bias_init",
 ]
 
@@ -66,9 +67,26 @@ _DW_KERNELS = ("auto", "native", "im2col", "shift")
 # own conv; "im2col", for the layers whose forward is im2col, the same blocked im2col applied to
 # dy and the flipped kernel. Measured both ways (results/benchmark_cpu/dx_ab.py): "im2col" makes
 # an exact ATENT step about 0.75x, because XLA:CPU runs one of its conv2 transposes there through
-# a slow path (726 ms of a 1.1 s PGD-AT K 1 step), but attacks on a fixed model 1.2-1.4x slower.
+# a slow path (726 ms of a 1.1 s PGD-AT K 1 step), but attacks on a fixed model 1.1-1.2x slower.
+# So the default stays "xla". With "im2col" in the fused ATENT step alone (`dx_kernel`), the
+# interleaved benchmark gave 0.77x the optimised PyTorch step at K 10 (xla: 0.97-0.99x) but
+# 0.77-0.80x at K 40 (xla: 0.73-0.78x): a trade by K, not adopted.
 DX_KERNEL = "xla"
 _DX_KERNELS = ("xla", "im2col")
+
+
+@contextlib.contextmanager
+def dx_kernel(name: str):
+  """`DX_KERNEL = name` while the gradients of the block are traced (jit compiles what was
+  traced, so the setting sticks to the program), e.g. around one method's gradient function."""
+  global DX_KERNEL
+  if name not in _DX_KERNELS:
+    raise ValueError(f"dx kernel must be one of {_DX_KERNELS}, got {name!r}")
+  previous, DX_KERNEL = DX_KERNEL, name
+  try:
+    yield
+  finally:
+    DX_KERNEL = previous
 _FORWARDS = ("xla", "im2col")
 
 _DN = ("NHWC", "HWIO", "NHWC")

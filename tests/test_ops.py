@@ -411,3 +411,16 @@ def test_max_pool_ties_send_the_gradient_to_the_first_maximum():
 def test_max_pool_nan_window_stays_nan():
   x = jnp.zeros((1, 2, 2, 1)).at[0, 1, 1, 0].set(jnp.nan)
   assert bool(jnp.isnan(ops.max_pool_2x2(x)).all())
+
+
+def test_dx_kernel_context_sets_and_restores():
+  assert ops.DX_KERNEL == "xla"
+  with pytest.raises(RuntimeError):
+    with ops.dx_kernel("im2col"):
+      assert ops.DX_KERNEL == "im2col"
+      raise RuntimeError("inside")
+  assert ops.DX_KERNEL == "xla"
+  with pytest.raises(ValueError, match="dx kernel must be one of"):
+    with ops.dx_kernel("fast"):
+      pass
+  assert ops.DX_KERNEL == "xla"
