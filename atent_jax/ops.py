@@ -71,8 +71,11 @@ _DW_KERNELS = ("auto", "native", "im2col", "shift")
 # So the default stays "xla". With "im2col" in the fused ATENT step alone (`dx_kernel`), the
 # interleaved benchmark gave 0.77x the optimised PyTorch step at K 10 (xla: 0.97-0.99x) but
 # 0.77-0.80x at K 40 (xla: 0.73-0.78x): a trade by K, not adopted.
+# "conv" (not the default yet): the same conv XLA builds when it materialises the flipped
+# kernel (b01f_01io); XLA's slow call sites were those where it left the kernel reversed with
+# in/out swapped by labels (b01f_01oi) instead (results/benchmark_cpu/README.md).
 DX_KERNEL = "xla"
-_DX_KERNELS = ("xla", "im2col")
+_DX_KERNELS = ("xla", "im2col", "conv")
 
 
 @contextlib.contextmanager
@@ -274,11 +277,13 @@ def _conv_dx(x: jax.Array, dy: jax.Array, kernel: jax.Array, pads, forward: str)
     raise ValueError(f"ops.DX_KERNEL must be one of {_DX_KERNELS}, got {DX_KERNEL!r}")
   kh, kw = kernel.shape[:2]
   full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
-  if DX_KERNEL == "im2col" and forward == "im2col" and all(lo >= 0 and hi >= 0 for lo, hi in full):
-    # dy (padded to 'full') correlated with the flipped kernel, in/out swapped, by the same
-    # blocked im2col as the forward value.
+  if DX_KERNEL != "xla" and all(lo >= 0 and hi >= 0 for lo, hi in full):
+    # dy (padded to 'full') correlated with the flipped kernel, in/out swapped.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    return _make_im2col_forward(full)(dy, flipped)
+    if DX_KERNEL == "im2col" and forward == "im2col":  # the same blocked im2col as the forward
+      return _make_im2col_forward(full)(dy, flipped)
+    if DX_KERNEL == "conv":  # a plain NHWC x HWIO conv of the materialised flipped kernel
+      return lax.conv_general_dilated(dy, flipped, (1, 1), full, dimension_numbers=_DN)
   # XLA's own transpose of its conv (the dead forward is removed by DCE).
   _, vjp_x = jax.vjp(
       lambda xx: lax.conv_general_dilated(xx, kernel, (1, 1), pads, dimension_numbers=_DN), x)

@@ -111,7 +111,7 @@ def test_dw_kernels_match_numpy_float64_on_a_rectangular_kernel(dw_kernel, monke
   assert _rel_err(dw, ref) < 1e-5
 
 
-@pytest.mark.parametrize("dx_kernel", ["xla", "im2col"])
+@pytest.mark.parametrize("dx_kernel", ["xla", "im2col", "conv"])
 @pytest.mark.parametrize("padding,k", [("VALID", 3), ("SAME", 3), (((2, 0), (1, 2)), 3),
                                        (2, 5), (((3, 0), (0, 0)), 2)])
 def test_dx_kernels_match_numpy_float64(dx_kernel, padding, k, monkeypatch):

@@ -2,7 +2,7 @@
 layers whose forward is im2col, i.e. SmallCNN's conv2) A/B'd in whole training steps and in
 attacks. Process CPU ms per call, median (min-max) of ROUNDS alternated rounds, one process.
 
-  taskset -c 1 python results/benchmark_cpu/dx_ab.py
+  taskset -c 1 python results/benchmark_cpu/dx_ab.py [B]   # B: im2col (default) or conv
 
 Training steps: experiments/benchmark.py's (SmallCNN, batch 128, random MNIST-shaped data).
 Attacks: the verdict's l_inf-ATENT model (results/verdict/table2/atent_linf, weights closed over
@@ -50,12 +50,12 @@ def timed(f) -> float:
   return 1e3 * (time.process_time() - t0)
 
 
-def main():
+def main(other: str):
   os.chdir(_ROOT)  # the run's config names its data folder relative to the checkout
   x, y = runs.load_eval_split(MODEL, "test")
   x, y = jnp.asarray(x[:100]), jnp.asarray(y[:100])
   calls = {}
-  for dx in ("xla", "im2col"):
+  for dx in ("xla", other):
     ops.DX_KERNEL = dx  # read while each call below is traced (its first call)
     for variant, k in STEPS:
       calls[(dx, f"{variant} K {k}")] = benchmark.build_jax_step(variant, k, 128)[0]
@@ -68,7 +68,7 @@ def main():
   for r in range(ROUNDS):
     for name in names[r % len(names):] + names[:r % len(names)]:
       times[name].append(timed(calls[name]))
-  for dx in ("xla", "im2col"):
+  for dx in ("xla", other):
     ops.DX_KERNEL = dx
     f = apgd20(x, y)
     f()  # compiles the host loop's stages with this setting
@@ -78,11 +78,11 @@ def main():
   print(f"load average {os.getloadavg()[0]:.2f}; CPUs {len(os.sched_getaffinity(0))}; "
         f"process CPU ms per call, median (min-max) of {ROUNDS} rounds")
   for what in dict.fromkeys(n for _, n in names):
-    a, b = times[("xla", what)], times[("im2col", what)]
-    print(f"{what}: xla {statistics.median(a):,.0f} ({min(a):,.0f}-{max(a):,.0f}) | im2col "
+    a, b = times[("xla", what)], times[(other, what)]
+    print(f"{what}: xla {statistics.median(a):,.0f} ({min(a):,.0f}-{max(a):,.0f}) | {other} "
           f"{statistics.median(b):,.0f} ({min(b):,.0f}-{max(b):,.0f}) "
           f"x{statistics.median(b) / statistics.median(a):.2f}")
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1] if len(sys.argv) > 1 else "im2col")
