@@ -277,13 +277,14 @@ def _conv_dx(x: jax.Array, dy: jax.Array, kernel: jax.Array, pads, forward: str)
     raise ValueError(f"ops.DX_KERNEL must be one of {_DX_KERNELS}, got {DX_KERNEL!r}")
   kh, kw = kernel.shape[:2]
   full = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip((kh, kw), pads))
-  if DX_KERNEL != "xla" and all(lo >= 0 and hi >= 0 for lo, hi in full):
-    # dy (padded to 'full') correlated with the flipped kernel, in/out swapped.
+  explicit = DX_KERNEL == "conv" or (DX_KERNEL == "im2col" and forward == "im2col")
+  if explicit and all(lo >= 0 and hi >= 0 for lo, hi in full):
+    # dy (padded to 'full') correlated with the flipped kernel, in/out swapped: by the same
+    # blocked im2col as the forward value, or as a plain NHWC x HWIO conv.
     flipped = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-    if DX_KERNEL == "im2col" and forward == "im2col":  # the same blocked im2col as the forward
+    if DX_KERNEL == "im2col":
       return _make_im2col_forward(full)(dy, flipped)
-    if DX_KERNEL == "conv":  # a plain NHWC x HWIO conv of the materialised flipped kernel
-      return lax.conv_general_dilated(dy, flipped, (1, 1), full, dimension_numbers=_DN)
+    return lax.conv_general_dilated(dy, flipped, (1, 1), full, dimension_numbers=_DN)
   # XLA's own transpose of its conv (the dead forward is removed by DCE).
   _, vjp_x = jax.vjp(
       lambda xx: lax.conv_general_dilated(xx, kernel, (1, 1), pads, dimension_numbers=_DN), x)

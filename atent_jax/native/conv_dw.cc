@@ -220,10 +220,6 @@ ffi::Error ConvDwImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   job->parts = std::max<int64_t>(1, std::min<int64_t>(N, (threads + batch - 1) / batch));
   job->total = batch * job->parts;
   job->partial.assign(batch * (job->parts - 1) * job->wsz, 0.f);
-  if (N == 0) {
-    std::memset(job->dw, 0, sizeof(float) * batch * job->wsz);
-    return ffi::Error::Success();
-  }
   const int64_t helpers = std::min<int64_t>(threads, job->total) - 1;
   for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->work(); });
   job->work();

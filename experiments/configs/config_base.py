@@ -61,6 +61,17 @@ def load(spec: str):
   return module.get_config(arg) if arg else module.get_config()
 
 
+def verdict_budget(config, *, checkpoint_every_steps: int):
+  """The verdict's reduced budget shared by every row of verdict_table*.py: the local MNIST
+  images, 30 epochs at a constant lr, one kept checkpoint (plus best/) so a run fits in git."""
+  config.data.dir = "../shared/data/mnist"
+  config.train.num_epochs = 30
+  config.train.lr_decay_epochs = ()
+  config.train.keep_checkpoints = 1
+  config.train.checkpoint_every_steps = checkpoint_every_steps
+  return config
+
+
 def cifar10_base(config):
   """CIFAR-10 data as the authors' code reads it: [0, 1], crop + flip, no normalisation."""
   config.data.dataset = "cifar10"

@@ -31,12 +31,7 @@ NUM_STEPS = 10
 
 def get_config(arg: str | None = None):
   (row,) = config_base.parse_arg("verdict_table1.py", arg, row=tuple(ROWS))
-  config = config_base.load(ROWS[row])
-  config.data.dir = "../shared/data/mnist"
-  config.train.num_epochs = 30
-  config.train.lr_decay_epochs = ()
-  config.train.keep_checkpoints = 1
-  config.train.checkpoint_every_steps = 100
+  config = config_base.verdict_budget(config_base.load(ROWS[row]), checkpoint_every_steps=100)
   # Same distance travelled as the table's 40 steps (sampler.step_size is the row's own).
   config.sampler.step_size *= config.sampler.num_steps / NUM_STEPS
   config.sampler.num_steps = NUM_STEPS

@@ -30,12 +30,7 @@ ARGS = tuple(ROWS)  # every config of this file
 
 def get_config(arg: str | None = None):
   (row,) = config_base.parse_arg("verdict_table2.py", arg, row=tuple(ROWS))
-  config = config_base.load(ROWS[row])
-  config.data.dir = "../shared/data/mnist"
-  config.train.num_epochs = 30
-  config.train.lr_decay_epochs = ()
-  config.train.keep_checkpoints = 1
-  config.train.checkpoint_every_steps = 50
+  config = config_base.verdict_budget(config_base.load(ROWS[row]), checkpoint_every_steps=50)
   config.sampler.num_steps = 10
   config.sampler.step_size = 0.04
   return config
