@@ -9,11 +9,15 @@
 # written to ROW/robustness_chunks/ as they finish (about 2 core-hours a row here; a rerun
 # resumes them; the last chunk merges them into ROW/robustness.json). The core a row trained on
 # then goes to the next row:
-#   core 0: Table 2 ATENT, SGD, TRADES, then Table 1 ATENT, TRADES, MMA;
-#   core 1: Table 2 PGD-AT, MART, then Table 1 PGD-AT, SGD.
+#   core 0: Table 2 ATENT, SGD, TRADES, then Table 1 ATENT, then Table 1 MMA;
+#   core 1: Table 2 PGD-AT, then Table 1 PGD-AT, SGD, TRADES, then Table 2 MART.
+# Table 1's ATENT, PGD-AT, TRADES and SGD go before MART and MMA: the verdict needs both tables'
+# ATENT / PGD-AT / TRADES rows, and a Table 1 (LeNet5) epoch costs about as much CPU as a Table 2
+# one (ATENT K 10: about 600 s on a quiet core; PGD-AT 330 s; SGD 45 s).
 # (TRADES ran beside PGD-AT on core 1 until epoch 16; one row a core finishes each row sooner.)
-#   bash experiments/verdict_train.sh                      # from the repository root: all rows
-#   CORE=1 bash experiments/verdict_train.sh table1/sgd    # only these rows, on core CORE
+#   bash experiments/verdict_train.sh                                 # from the repository root
+#   CORE=1 bash experiments/verdict_train.sh table1/sgd table2/mart   # these rows, one after
+#                                                                     # another, on core CORE
 set -u
 # nice 19 alone is not enough on Linux with autogroup scheduling (sched_autogroup_enabled=1):
 # CPU time is first split between sessions, and a process that starts its own session (a
@@ -49,10 +53,11 @@ row() {  # core, TABLE/ROW
 }
 rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
-  (for r in table2/atent_linf table2/sgd table2/trades table1/atent_l2 table1/trades \
-     table1/mma; do row 0 "$r"; done) &
-  (for r in table2/pgd_at table2/mart table1/pgd_at table1/sgd; do row 1 "$r"; done) &
+  (for r in table2/atent_linf table2/sgd table2/trades table1/atent_l2 table1/mma; do
+     row 0 "$r"; done) &
+  (for r in table2/pgd_at table1/pgd_at table1/sgd table1/trades table2/mart; do
+     row 1 "$r"; done) &
 else
-  for r in "${rows[@]}"; do (row "${CORE:-1}" "$r") & done
+  (for r in "${rows[@]}"; do row "${CORE:-1}" "$r"; done) &
 fi
 wait

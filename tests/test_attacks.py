@@ -1,6 +1,7 @@
 """Attacks (closed-form answers on linear models, invariants on a tiny conv net) and the
 evaluator (the experiments/evaluate.py command line: test_evaluate_cli.py)."""
 
+import dataclasses
 import inspect
 import types
 
@@ -389,6 +390,67 @@ def test_more_restarts_never_increase_robust_accuracy(tiny):
     fooled[r] = np.argmax(np.asarray(logits_fn(adv)), -1) != y
   assert np.all(fooled[3] >= fooled[1])          # per example, not only on average
   assert fooled[3].sum() >= fooled[1].sum()
+
+
+def _evaluated_robust(logits_fn, x, y, attack, kwargs, key, batch_size):
+  out = evaluation.evaluate_attacks(logits_fn, x, y, [dict(kwargs, attack=attack)], key,
+                                    batch_size=batch_size, sanity_checks=False,
+                                    masking_checks=False)
+  return evaluation.robust_mask(out["attacks"][0], len(y))
+
+
+@pytest.mark.core
+def test_the_evaluator_runs_restarts_one_at_a_time_with_the_restarts_own_statistics():
+  """The evaluator runs PGD's restarts one compiled restart at a time (on CPU one program with
+  all of them unrolled took 8-11 min to compile). What it finds must still be what R
+  independent starts find: on the plateau model of the test above, a start fools with p = 1/4,
+  so 4 restarts fool with 1 - (3/4)^4; restart 0 alone fools with 1/4."""
+  fooling = jnp.array([1.0, 1.1, -10.0])
+  safe = jnp.array([1.0, 0.95, 0.95])
+  logits_fn = _plateau_logits(lambda p: jnp.where((p > 0.5)[:, None], fooling, safe))
+  n = 400
+  x = np.full((n, 1), 0.45, np.float32)
+  y = np.zeros(n, np.int32)
+  for r, p in ((1, 0.25), (4, 1 - 0.75 ** 4)):
+    robust = _evaluated_robust(logits_fn, x, y, "pgd_linf", {
+        "eps": 0.1, "step_size": 0.05, "num_steps": 2, "restarts": r}, jax.random.PRNGKey(3),
+        100)
+    se = np.sqrt(p * (1 - p) / n)
+    assert abs((1 - robust.mean()) - p) < 5 * se, (r, 1 - robust.mean(), p)
+
+
+@pytest.mark.parametrize("attack,kwargs", [
+    ("pgd_linf", {"eps": 0.05, "step_size": 0.02, "num_steps": 3, "restarts": 3}),
+    ("pgd_l2", {"eps": 0.4, "step_size": 0.15, "num_steps": 3, "restarts": 3})])
+def test_the_evaluator_compiles_one_restart_and_keeps_the_attacks_points(tiny, monkeypatch,
+                                                                         attack, kwargs):
+  """Per example, the evaluator's outcome equals the attack function's own (all restarts in
+  one jitted call, batch i with key fold_in(key_j, i)), and the restart is traced once for 3
+  restarts and 2 batches."""
+  logits_fn, x, y = tiny
+  record = attacks.registry.get(attack)
+  traces = []
+
+  def counted(*args, **kw):
+    traces.append(args[4])
+    return record.one_restart(*args, **kw)
+
+  patched, get = dataclasses.replace(record, one_restart=counted), attacks.registry.get
+  monkeypatch.setattr(attacks.registry, "get",
+                      lambda name: patched if name == attack else get(name))
+  key = jax.random.PRNGKey(5)
+  robust = _evaluated_robust(logits_fn, x, y, attack, kwargs, key, 12)
+  assert len(traces) == 1 and isinstance(traces[0], jax.core.Tracer)
+  whole = jax.jit(lambda xx, yy, kk: record.fn(logits_fn, xx, yy, kk, **kwargs))
+  expected = []
+  for i in range(2):
+    sl = slice(12 * i, 12 * i + 12)
+    adv = whole(x[sl], y[sl], jax.random.fold_in(jax.random.fold_in(key, 0), i))
+    expected.append(np.argmax(np.asarray(logits_fn(adv)), -1) == y[sl])
+  clean = np.argmax(np.asarray(logits_fn(x)), -1) == y
+  expected = np.concatenate(expected) & clean
+  np.testing.assert_array_equal(robust, expected)
+  assert 0 < robust.sum() < clean.sum()  # the attack fools some points and not others
 
 
 @pytest.mark.core

@@ -23,9 +23,12 @@ from atent_jax.attacks.classic import (
     deepfool_minimal,
     fgsm,
     flat_norm,
+    keep_stronger,
     pgd,
     pgd_l2,
     pgd_linf,
+    pgd_restart,
+    restart_score,
 )
 from atent_jax.attacks.fab import fab, fab_minimal
 from atent_jax.attacks.registry import ATTACKS, RECORDS, AttackRecord, attack_norm
@@ -36,5 +39,6 @@ __all__ = [
     "LogitsFn", "SquareResult", "apgd", "apgd_targeted", "apgd_with_info", "atent_attack",
     "attack_norm", "autoattack", "cross_entropy_loss", "cw_l2", "cw_l2_minimal", "cw_linf",
     "cw_margin", "cw_margin_loss", "deepfool", "deepfool_minimal", "fab", "fab_minimal", "fgsm",
-    "flat_norm", "pgd", "pgd_l2", "pgd_linf", "square", "square_with_stats",
+    "flat_norm", "keep_stronger", "pgd", "pgd_l2", "pgd_linf", "pgd_restart", "restart_score",
+    "square", "square_with_stats",
 ]

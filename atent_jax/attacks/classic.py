@@ -6,6 +6,7 @@ mode), a batch `x`, labels `y` and a key, and returns adversarial images of the 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -26,36 +27,51 @@ def cross_entropy_loss(logits_fn: LogitsFn):
 
 def _pgd(logits_fn, x, y, key, *, norm, eps, step_size, num_steps, random_init, restarts,
          loss_fn=None, unroll=None):
-  langevin.validate_optimizer_args(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
   if not isinstance(restarts, int) or restarts < 1:
     raise ValueError(f"restarts={restarts!r} is not valid: use an integer >= 1")
-  loss_fn = loss_fn or cross_entropy_loss(logits_fn)
-  init = "uniform" if random_init else "zero"
-  direction = "sign" if norm == "linf" else "l2"
-
-  def one_run(k):
-    return langevin.optimize_input(
-        loss_fn, x, y, k, norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
-        direction=direction, projection="every", init=init, unroll=unroll)
-
-  best = one_run(jax.random.fold_in(key, 0))
+  run = functools.partial(pgd_restart, logits_fn, x, y, key, norm=norm, eps=eps,
+                          step_size=step_size, num_steps=num_steps, random_init=random_init,
+                          loss_fn=loss_fn, unroll=unroll)
+  best = run(0)
   if restarts == 1:
     return best
-  # Keep, per example, the first restart that fools the model (else the highest loss).
-  def score(xa):
-    logits = logits_fn(xa)
-    wrong = jnp.argmax(logits, -1) != y
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return wrong, ce
-
-  best_wrong, best_ce = score(best)
+  kept = restart_score(logits_fn, y, best)
   for r in range(1, restarts):
-    cand = one_run(jax.random.fold_in(key, r))
-    wrong, ce = score(cand)
-    take = (wrong & ~best_wrong) | ((wrong == best_wrong) & (ce > best_ce))
-    best = jnp.where(take.reshape((-1,) + (1,) * (x.ndim - 1)), cand, best)
-    best_wrong, best_ce = best_wrong | wrong, jnp.where(take, ce, best_ce)
+    best, kept = keep_stronger(logits_fn, y, best, kept, run(r))
   return best
+
+
+def pgd_restart(logits_fn, x, y, key, restart, *, norm, eps, step_size, num_steps,
+                random_init=True, loss_fn=None, unroll=None):
+  """Restart number `restart` (0-based; it may be traced) of PGD: its run from the key
+  fold_in(key, restart). `pgd(..., restarts=R)` keeps, per example, the strongest of restarts
+  0..R-1 by `keep_stronger`; a caller can run them one at a time (one compiled restart, called
+  R times) and get the same result, which on CPU, where PGD's steps are unrolled, saves
+  compiling R copies of them."""
+  langevin.validate_optimizer_args(norm=norm, eps=eps, step_size=step_size, num_steps=num_steps)
+  return langevin.optimize_input(
+      loss_fn or cross_entropy_loss(logits_fn), x, y, jax.random.fold_in(key, restart),
+      norm=norm, eps=eps, step_size=step_size, num_steps=num_steps,
+      direction="sign" if norm == "linf" else "l2", projection="every",
+      init="uniform" if random_init else "zero", unroll=unroll)
+
+
+def restart_score(logits_fn, y, adv):
+  """(fooled, cross-entropy) per example of the adversarial batch `adv`: what `keep_stronger`
+  compares."""
+  logits = logits_fn(adv)
+  return (jnp.argmax(logits, -1) != y,
+          optax.softmax_cross_entropy_with_integer_labels(logits, y))
+
+
+def keep_stronger(logits_fn, y, best, best_score, candidate):
+  """Per example, the first restart that fools the model, else the one of highest loss:
+  (best, its restart_score) after `candidate`."""
+  best_wrong, best_ce = best_score
+  wrong, ce = restart_score(logits_fn, y, candidate)
+  take = (wrong & ~best_wrong) | ((wrong == best_wrong) & (ce > best_ce))
+  best = jnp.where(take.reshape((-1,) + (1,) * (best.ndim - 1)), candidate, best)
+  return best, (best_wrong | wrong, jnp.where(take, ce, best_ce))
 
 
 def pgd_linf(logits_fn, x, y, key, *, eps, step_size, num_steps, random_init=True, restarts=1,

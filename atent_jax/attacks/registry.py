@@ -25,6 +25,7 @@ Command-line tokens (`parse_token`), NAME[@EPS][:key=value]...:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 import re
@@ -71,6 +72,10 @@ class AttackRecord:
   aliases: command-line names of variants: token -> keyword arguments.
   eps_optional: eps=None is allowed (minimal-perturbation attacks: no radius).
   count_steps: the gradient steps a run takes, from its kwargs (default: num_steps).
+  one_restart: `one_restart(logits_fn, x, y, key, restart, **kwargs without restarts)`, the
+    attack's restart number `restart` where `fn` keeps the strongest of its `restarts` by
+    `classic.keep_stronger` (PGD): the evaluator then compiles one restart and calls it once per
+    restart instead of compiling all of them into one program.
   """
   name: str
   fn: Callable
@@ -88,6 +93,7 @@ class AttackRecord:
   aliases: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
   eps_optional: bool = False
   count_steps: Callable[[Mapping], int] | None = None
+  one_restart: Callable | None = None
 
   def norm_of(self, kwargs: Mapping) -> str:
     """The norm an eps of this attack is measured in."""
@@ -197,12 +203,14 @@ for _record in (
                  {"eps": 0.3, "step_size": 0.01, "num_steps": 20, "restarts": 1,
                   "random_init": True},
                  "PGD", "pgd", takes_norm=False, cli_steps=True, follows_run=True,
-                 title_suffix="steps"),
+                 title_suffix="steps",
+                 one_restart=functools.partial(classic.pgd_restart, norm="linf")),
     AttackRecord("pgd_l2", classic.pgd_l2, ("l2",),
                  {"eps": 2.0, "step_size": 0.25, "num_steps": 40, "restarts": 1,
                   "random_init": True},
                  "PGD", "pgd", takes_norm=False, cli_steps=True, follows_run=True,
-                 title_suffix="steps"),
+                 title_suffix="steps",
+                 one_restart=functools.partial(classic.pgd_restart, norm="l2")),
     AttackRecord("cw_l2", classic.cw_l2, ("l2",),
                  {"eps": 2.0, "binary_search_steps": 9, "num_steps": 100, "learning_rate": 0.01,
                   "kappa": 0.0},
