@@ -342,6 +342,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     distributed.host_rows(config.train.batch_size, 0, jax.process_count())  # divisible?
   workdir = os.path.abspath(os.fspath(workdir))
   workdir_lib.check_location(workdir)
+  if os.path.isdir(os.path.join(workdir, workdir_lib.KEPT_WEIGHTS)):
+    raise ConfigError(f"{workdir} holds a finished run's kept weights "
+                      f"({workdir_lib.KEPT_WEIGHTS}/): training cannot resume from them; train "
+                      "into a new --workdir")
   if dataset is None:
     dataset = load_dataset(config.data)
   else:

@@ -29,6 +29,8 @@ except ImportError:  # pragma: no cover - Windows
   fcntl = None
 
 LOCK_NAME = ".lock"
+# A finished run whose checkpoints were replaced by its best weights alone (runs.keep_weights).
+KEPT_WEIGHTS = "kept_weights"
 _PROBE_BYTES = 64 * 1024
 
 

@@ -316,8 +316,9 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def training_finished(workdir: str, num_epochs: int) -> bool:
   records = read_metrics(workdir)
-  has_best = os.path.isdir(os.path.join(workdir, "best")) or os.path.isdir(
-      os.path.join(workdir, "checkpoints"))
+  from atent_jax import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  has_best = any(os.path.isdir(os.path.join(workdir, sub))
+                 for sub in ("best", "checkpoints", workdir_lib.KEPT_WEIGHTS))
   return bool(records) and records[-1].get("epoch") == num_epochs and has_best and \
       os.path.exists(os.path.join(workdir, "config.json"))
 

@@ -82,7 +82,17 @@ def status_table(table: str, columns: int) -> str:
     cells = [f"{100 * by_epoch[e]['clean_accuracy']:.1f} / "
              f"{100 * by_epoch[e]['robust_accuracy']:.1f}" if e in by_epoch else ""
              for e in shown]
-    done = f"{max(by_epoch)} (checkpoint at step {step})" if step is not None else max(by_epoch)
+    if os.path.isdir(os.path.join(base, row, "kept_weights")):
+      with open(os.path.join(base, row, "kept_weights", "info.json")) as f:
+        kept = json.load(f)
+      done = (f"{max(by_epoch)} (best: epoch {kept['best']['epoch']}, kept in "
+              f"{kept['dtype']})")
+    elif step is not None and table == "table1":  # .gitignore: LeNet5 checkpoints stay out
+      done = f"{max(by_epoch)} (in progress; a LeNet5 checkpoint is not committed)"
+    elif step is not None:
+      done = f"{max(by_epoch)} (checkpoint at step {step})"
+    else:
+      done = f"{max(by_epoch)} (no checkpoint kept: restarts)"
     lines.append(f"| {label} | {done} | " + " | ".join(cells) + f" | {_test_chunks(base, row)} |")
   return "\n".join(lines)
 

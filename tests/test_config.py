@@ -436,7 +436,9 @@ def test_verdict_table1_rows_reach_the_tables_distance_in_10_steps(row):
   assert config.sampler.num_steps == 10
   assert config.sampler.num_steps * config.sampler.step_size == pytest.approx(
       TABLE1_DISTANCE[row])
-  assert (config.train.num_epochs, tuple(config.train.lr_decay_epochs)) == (30, ())
+  # 15 epochs, constant lr: a LeNet5 row must finish inside one session (its checkpoint does
+  # not fit in git), and these are the first 15 epochs of the table's code's 30.
+  assert (config.train.num_epochs, tuple(config.train.lr_decay_epochs)) == (15, ())
   assert (config.model.name, config.train.batch_size, config.sampler.eps) == ("lenet5", 50, 2.0)
 
 

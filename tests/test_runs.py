@@ -7,6 +7,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from scripts import run_script
 
 import atent_jax
 from atent_jax import models, runs, train
@@ -69,3 +70,73 @@ def test_init_from_a_run_of_another_architecture_is_refused(tiny_run, tiny_confi
   with pytest.raises(CheckpointError, match="another architecture"):
     train.train_and_evaluate(config, str(workdir))
   assert not workdir.exists()
+
+
+def _tree_bytes(workdir: str) -> int:
+  return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(workdir) for f in fs)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kept_weights_replace_the_checkpoints_and_load_as_the_cast_best_weights(tiny_run,
+                                                                                 dtype):
+  _, model, before = runs.load_run(tiny_run, "best")
+  x = np.asarray(runs.load_eval_split(tiny_run, "test")[0][:8], np.float32)
+  size_before = _tree_bytes(tiny_run)
+  info = runs.keep_weights(tiny_run, dtype)
+  assert not os.path.exists(os.path.join(tiny_run, "best"))
+  assert not os.path.exists(os.path.join(tiny_run, "checkpoints"))
+  _, _, after = runs.load_run(tiny_run, "latest")  # the kept weights, whichever is asked for
+  # The expectation: each float32 weight rounded to `dtype` by NumPy, then widened back.
+  want = jax.tree_util.tree_map(lambda v: np.asarray(v).astype(dtype).astype(np.float32), before)
+  chex.assert_trees_all_equal(after, want)
+  chex.assert_trees_all_equal_dtypes(after, before)
+  assert info["weights_sha1"] == runs.weights_sha1(want)
+  assert info["weights_sha1_before"] == runs.weights_sha1(before)
+  assert (info["weights_sha1"] == info["weights_sha1_before"]) == (dtype == "float32")
+  assert info["best"]["epoch"] >= 1
+  logits = np.asarray(atent_jax.load_classifier(tiny_run)(x))
+  np.testing.assert_array_equal(logits, np.asarray(model.apply(want, x, train=False)))
+  # Weights and momentum in float32 before; the weights alone, in dtype, after.
+  params = sum(np.asarray(v).size for v in jax.tree_util.tree_leaves(before))
+  kept = _tree_bytes(os.path.join(tiny_run, "kept_weights"))
+  assert kept < params * np.dtype(dtype).itemsize + 4096 < size_before
+  with pytest.raises(CheckpointError, match="kept before"):
+    runs.keep_weights(tiny_run, dtype)
+
+
+def test_a_run_with_kept_weights_cannot_be_resumed_or_kept_unfinished(tiny_run, tiny_config,
+                                                                       tmp_path):
+  runs.keep_weights(tiny_run)
+  config = runs.load_config(tiny_run)
+  with pytest.raises(atent_jax.ConfigError, match="kept weights"):
+    train.train_and_evaluate(config, tiny_run)
+  unfinished = str(tmp_path / "unfinished")
+  train.train_and_evaluate(tiny_config("sgd", **{"data.num_train": 64, "data.num_eval": 32,
+                                                 "eval.num_examples": 16, "eval.batch_size": 16,
+                                                 "eval.num_steps": 1}), unfinished)
+  with open(os.path.join(unfinished, "metrics.jsonl")) as f:
+    lines = f.readlines()
+  config = runs.load_config(unfinished)
+  config.train.num_epochs = len(lines) + 1  # one epoch short of the (now longer) run
+  with open(os.path.join(unfinished, "config.json"), "w") as f:
+    f.write(config.to_json())
+  with pytest.raises(CheckpointError, match="has not finished training"):
+    runs.keep_weights(unfinished)
+  assert os.path.isdir(os.path.join(unfinished, "checkpoints"))
+
+
+def test_keep_weights_script_keeps_a_run_and_refuses_bad_input_in_one_line(tiny_run, tmp_path):
+  empty = str(tmp_path / "empty")
+  os.makedirs(empty)
+  for args, field in ((["--workdir=" + empty], "--workdir"),
+                      (["--workdir=" + tiny_run, "--dtype=int8"], "--dtype")):
+    res = run_script("keep_weights.py", args)
+    assert res.returncode == 2, res
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and field in lines[0], lines
+  assert os.listdir(empty) == [] and os.path.isdir(os.path.join(tiny_run, "checkpoints"))
+  res = run_script("keep_weights.py", ["--workdir=" + tiny_run, "--dtype=float16"])
+  assert res.returncode == 0 and "as float16" in res.stdout, res
+  assert not os.path.isdir(os.path.join(tiny_run, "checkpoints"))
+  res = run_script("keep_weights.py", ["--workdir=" + tiny_run])
+  assert res.returncode == 2 and "kept before" in res.stderr, res
