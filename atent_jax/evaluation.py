@@ -125,12 +125,25 @@ def robust_mask(record: dict, count: int) -> np.ndarray:
   return decode_mask(record["robust_examples"], count)
 
 
+def mcnemar_p(only_a: int, only_b: int) -> float:
+  """Exact two-sided McNemar p-value of `only_a` vs `only_b` discordant examples:
+  2 P(X <= min) for X ~ Binomial(only_a + only_b, 1/2), at most 1."""
+  n, k = only_a + only_b, min(only_a, only_b)
+  if n == 0:
+    return 1.0
+  tail = sum(math.comb(n, i) for i in range(k + 1))
+  return min(1.0, 2 * tail / 2 ** n)  # Python integers: exact for any n
+
+
 def compare_results(a: dict, b: dict) -> dict:
   """Two evaluate_attacks results (or robustness.json files) compared example by example.
 
   For each attack (name, norm and eps) present in both: how many examples are robust in both,
-  only in a, only in b, in neither, and the fraction on which they agree. ValueError when the
-  two evaluations did not use the same examples (indices and labels).
+  only in a, only in b, in neither, the fraction on which they agree, and `mcnemar_p`: the
+  exact two-sided McNemar p-value (a binomial test of the examples on which they disagree), the
+  chance of a split at least this uneven if both defenses were equally robust on these
+  examples. ValueError when the two evaluations did not use the same examples (indices and
+  labels).
   """
   ea, eb = a.get("examples"), b.get("examples")
   if ea is None or eb is None:
@@ -152,7 +165,8 @@ def compare_results(a: dict, b: dict) -> dict:
         "name": column_title(ra), "robust_accuracy_a": float(ma.mean()),
         "robust_accuracy_b": float(mb.mean()), "both_robust": int((ma & mb).sum()),
         "only_a": int((ma & ~mb).sum()), "only_b": int((~ma & mb).sum()),
-        "neither": int((~ma & ~mb).sum()), "agreement": float((ma == mb).mean())})
+        "neither": int((~ma & ~mb).sum()), "agreement": float((ma == mb).mean()),
+        "mcnemar_p": mcnemar_p(int((ma & ~mb).sum()), int((~ma & mb).sum()))})
   return out
 
 

@@ -3,8 +3,10 @@
   python experiments/compare_robustness.py RUN_A/robustness.json RUN_B/robustness.json
 
 For every attack name present in both: robust accuracy in each, and how many examples are
-robust in both, only in A, only in B, in neither. The two evaluations must have used the same
-examples (same split indices and labels); otherwise one `error:` line and exit code 2.
+robust in both, only in A, only in B, in neither, and the exact McNemar p-value of the
+examples on which they disagree (is the difference more than chance?). The two evaluations
+must have used the same examples (same split indices and labels); otherwise one `error:` line
+and exit code 2.
 Prints a markdown table; --json writes the comparison as JSON instead.
 """
 
@@ -45,12 +47,13 @@ def main(argv):
     print(json.dumps(out, indent=2))
     return
   print(f"A = {paths[0]}\nB = {paths[1]}\n{out['num_examples']} examples\n")
-  print("| Attack | A robust % | B robust % | both | only A | only B | neither | agree % |")
-  print("|---|---:|---:|---:|---:|---:|---:|---:|")
+  print("| Attack | A robust % | B robust % | both | only A | only B | neither | agree % | "
+        "McNemar p |")
+  print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
   for r in out["attacks"]:
     print(f"| {r['name']} | {100 * r['robust_accuracy_a']:.2f} | {100 * r['robust_accuracy_b']:.2f}"
           f" | {r['both_robust']} | {r['only_a']} | {r['only_b']} | {r['neither']} | "
-          f"{100 * r['agreement']:.2f} |")
+          f"{100 * r['agreement']:.2f} | {r['mcnemar_p']:.3g} |")
 
 
 if __name__ == "__main__":

@@ -135,6 +135,23 @@ def test_bad_models_and_labels_raise_value_errors(logits_fn, labels, match):
                                 jax.random.PRNGKey(0), sanity_checks=False)
 
 
+@pytest.mark.parametrize("only_a,only_b,want", [
+    (0, 6, 2 / 64),               # all 6 disagreements one way: 2 * (1/2)^6
+    (9, 1, 2 * 11 / 1024),        # 2 * (C(10,0) + C(10,1)) / 2^10
+    (3, 3, 1.0),                  # an even split: no evidence (capped at 1)
+    (0, 0, 1.0),                  # they never disagree
+])
+def test_mcnemar_p_is_the_exact_two_sided_binomial_test(only_a, only_b, want):
+  assert evaluation.mcnemar_p(only_a, only_b) == pytest.approx(want, rel=1e-12)
+
+
+def test_mcnemar_p_agrees_with_scipy_on_the_verdicts_sizes():
+  stats = pytest.importorskip("scipy.stats")
+  for only_a, only_b in ((21, 39), (24, 21), (150, 190)):
+    assert evaluation.mcnemar_p(only_a, only_b) == pytest.approx(
+        stats.binomtest(only_a, only_a + only_b, 0.5).pvalue, rel=1e-9)
+
+
 def test_masks_round_trip_and_comparisons_refuse_other_examples():
   mask = np.random.default_rng(0).random(1001) < 0.3
   np.testing.assert_array_equal(evaluation.decode_mask(evaluation.encode_mask(mask), 1001), mask)
