@@ -73,7 +73,7 @@ def keep_weights(workdir: str, dtype: str = "float32") -> dict:
   dtype, the best epoch's record, and the fingerprints of the weights before and after the
   cast). What `load_run` / `load_classifier` open afterwards, as float32; training cannot
   resume from them. For runs whose checkpoints are too big to keep: LeNet5 is 13 MB of float32
-  weights, 26 MB with its momentum; 6.5 MB in float16. Returns info.json's content."""
+  weights, 26 MB with its momentum; 6.3 MB in float16. Returns info.json's content."""
   if dtype not in KEPT_DTYPES:
     raise ValueError(f"dtype={dtype!r} is not valid: use one of {', '.join(KEPT_DTYPES)}")
   target = os.path.join(workdir, workdir_lib.KEPT_WEIGHTS)

@@ -2,7 +2,7 @@
 # Trains (or resumes) the verdict's rows on a 2-core CPU at the lowest priority, so interactive
 # work goes first: one row at a time on each core, in the order given below. A row that has
 # finished training keeps its best weights alone (experiments/keep_weights.py: Table 1's LeNet5
-# in float16, 6.5 MB instead of 52 MB of checkpoints; Table 2's SmallCNN in float32, the same
+# in float16, 6.3 MB instead of 52 MB of checkpoints; Table 2's SmallCNN in float32, the same
 # weights) and is then evaluated from them on the first 1,000 test images with the paper's
 # attack (Table 2: PGD-20, Table 1: PGD-40, 10 restarts each), PGD-100 and AutoAttack, in chunks
 # of 100 written to ROW/robustness_chunks/ as they finish (1-2 core-hours a row here; a rerun

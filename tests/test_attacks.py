@@ -332,6 +332,16 @@ def _plateau_logits(levels):
   return lambda v: jax.lax.stop_gradient(levels(v[:, 0]))
 
 
+def _one_in_four_starts_fool(n=400):
+  """3 classes, label 0, x = 0.45, eps 0.1: a start above 0.5 fools the model (logits
+  [1, 1.1, -10]); below it does not, although its cross-entropy is higher (logits
+  [1, 0.95, 0.95]). (logits_fn, x, y) of n such examples."""
+  fooling = jnp.array([1.0, 1.1, -10.0])
+  safe = jnp.array([1.0, 0.95, 0.95])
+  logits_fn = _plateau_logits(lambda p: jnp.where((p > 0.5)[:, None], fooling, safe))
+  return logits_fn, np.full((n, 1), 0.45, np.float32), np.zeros(n, np.int32)
+
+
 @pytest.mark.core
 def test_restarts_find_what_a_single_start_misses():
   """3 classes, label 0, x = 0.45, eps 0.1: a start above 0.5 fools the model (logits
@@ -339,12 +349,8 @@ def test_restarts_find_what_a_single_start_misses():
   (logits [1, 0.95, 0.95], 1.07). A start fools with p = 1/4, so R restarts fool with
   1 - (3/4)^R; keeping the highest cross-entropy instead of the first fooling point would give
   (1/4)^R."""
-  fooling = jnp.array([1.0, 1.1, -10.0])
-  safe = jnp.array([1.0, 0.95, 0.95])
-  logits_fn = _plateau_logits(lambda p: jnp.where((p > 0.5)[:, None], fooling, safe))
-  n = 400
-  x = np.full((n, 1), 0.45, np.float32)
-  y = np.zeros(n, np.int32)
+  logits_fn, x, y = _one_in_four_starts_fool()
+  n = len(y)
   key = jax.random.PRNGKey(11)
   fooled = {}
   for r in (1, 4):
@@ -405,12 +411,8 @@ def test_the_evaluator_runs_restarts_one_at_a_time_with_the_restarts_own_statist
   all of them unrolled took 8-11 min to compile). What it finds must still be what R
   independent starts find: on the plateau model of the test above, a start fools with p = 1/4,
   so 4 restarts fool with 1 - (3/4)^4; restart 0 alone fools with 1/4."""
-  fooling = jnp.array([1.0, 1.1, -10.0])
-  safe = jnp.array([1.0, 0.95, 0.95])
-  logits_fn = _plateau_logits(lambda p: jnp.where((p > 0.5)[:, None], fooling, safe))
-  n = 400
-  x = np.full((n, 1), 0.45, np.float32)
-  y = np.zeros(n, np.int32)
+  logits_fn, x, y = _one_in_four_starts_fool()
+  n = len(y)
   for r, p in ((1, 0.25), (4, 1 - 0.75 ** 4)):
     robust = _evaluated_robust(logits_fn, x, y, "pgd_linf", {
         "eps": 0.1, "step_size": 0.05, "num_steps": 2, "restarts": r}, jax.random.PRNGKey(3),

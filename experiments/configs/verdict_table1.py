@@ -17,7 +17,7 @@ for every row, as the Table 2 verdict (verdict_table2.py):
 * K = 10 inner steps for every row instead of the table's 40, each step 4x the table's so every
   row's inner loop still travels as far as in the table: ATENT 10 x 0.5 (the notebook's
   2.5 * eps), PGD-AT / TRADES / MMA 10 x 1.0 (the paper's 40 x 0.25);
-* a finished row keeps its best weights alone in float16 (experiments/keep_weights.py: 6.5 MB),
+* a finished row keeps its best weights alone in float16 (experiments/keep_weights.py: 6.3 MB),
   and is evaluated from them, so the committed model is the one the figures describe.
 
   python experiments/main.py --config=experiments/configs/verdict_table1.py:atent_l2 \
