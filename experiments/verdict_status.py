@@ -9,8 +9,9 @@ Per row of Tables 2 and 1: the epochs done and the step of the last checkpoint (
 session resumes from), the training loop's per-epoch validation check (clean / robust %) at a
 few epochs, and how far the test-set evaluation that verdict_train.sh runs after training is
 (chunks done, or its robust accuracies once merged).
-Rows not started yet are listed as such. The README's text between "Status at the end of" and
-"Machine: the project's" is replaced; the rest is left as it is.
+Rows not started yet are listed as such. The README's text from the line that starts with
+"Status at the end of" to the next line that starts with "Machine: the project's" is replaced;
+the rest is left as it is (the same words inside a paragraph are not markers).
 """
 
 import json
@@ -23,8 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from atent_jax import cli  # noqa: E402
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-VERDICT = os.path.join(_ROOT, "results", "verdict")
-README = os.path.join(VERDICT, "README.md")
 # table folder -> (its title and per-epoch check, its rows: folder -> label)
 TABLES = {
     "table2": ("Table 2 (l_inf eps 0.3, SmallCNN); per-epoch check PGD-20 step 0.01",
@@ -37,6 +36,8 @@ TABLES = {
 START, END = "Status at the end of", "Machine: the project's"
 
 flags.DEFINE_string("session", None, "The session's date, e.g. 2026-12-01.", required=True)
+flags.DEFINE_string("verdict_dir", os.path.join(_ROOT, "results", "verdict"),
+                    "The folder holding README.md and the tables' row folders.")
 flags.DEFINE_integer("columns", 7, "Epochs shown: the last ones reached, up to this many.")
 
 
@@ -67,7 +68,7 @@ def _test_chunks(base: str, row: str) -> str:
 
 
 def status_table(table: str, columns: int) -> str:
-  base = os.path.join(VERDICT, table)
+  base = os.path.join(flags.FLAGS.verdict_dir, table)
   rows = TABLES[table][1]
   progress = {row: _progress(base, row) for row in rows}
   reached = sorted({e for by_epoch, _ in progress.values() for e in by_epoch})
@@ -97,20 +98,30 @@ def status_table(table: str, columns: int) -> str:
   return "\n".join(lines)
 
 
+def replace_status(text: str, status: str, name: str) -> str:
+  """TEXT with its status section (see the module's docstring) replaced by STATUS."""
+  # Markers count only at a line's start: the verdict's own paragraphs say "Machine: the
+  # project's" too, and matching one of those before the status once duplicated the README.
+  start = text.find("\n" + START) + 1
+  end = text.find("\n" + END, start) + 1 if start else 0
+  if not start or not end:
+    cli.fail(f"{name} has no line starting '{START}' followed by one starting '{END}': "
+             "restore the status section from git")
+  return text[:start] + status + text[end:]
+
+
 def main(argv):
   del argv
   table = "\n\n".join(f"{title}:\n\n{status_table(name, flags.FLAGS.columns)}"
                       for name, (title, _) in TABLES.items())
-  with open(README) as f:
+  readme = os.path.join(flags.FLAGS.verdict_dir, "README.md")
+  with open(readme) as f:
     text = f.read()
-  if START not in text or END not in text:
-    cli.fail(f"{README} has no '{START}' ... '{END}' section to replace")
-  i, j = text.index(START), text.index(END)
-  text = text[:i] + (
-      f"{START} the {flags.FLAGS.session} session (validation: 1,000 held-out training images,\n"
-      "the training loop's per-epoch check, one restart), clean / robust %, by epoch;\n"
-      "**in progress, not a result**.\n\n" + table + "\n\n") + text[j:]
-  with open(README, "w") as f:
+  text = replace_status(text, f"{START} the {flags.FLAGS.session} session (validation: 1,000 "
+                        "held-out training images,\nthe training loop's per-epoch check, one "
+                        "restart), clean / robust %, by epoch;\n**in progress, not a result**."
+                        "\n\n" + table + "\n\n", readme)
+  with open(readme, "w") as f:
     f.write(text)
   print(table)
 
