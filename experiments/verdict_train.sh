@@ -10,10 +10,11 @@
 # done and skipped). Table 2 rows (SmallCNN) resume exactly from their last checkpoint, which is
 # committed at the end of a session. Table 1 rows cannot be carried over (a LeNet5 checkpoint is
 # 26 MB: .gitignore keeps them out of git), so each must finish training inside one session:
-# at 15 epochs about 0.4 h (SGD), 1.6 h (PGD-AT, TRADES), 2 h (ATENT) and 2.4 h (MMA) of a quiet
-# core; start a session with the long ones. The queues:
-#   core 0: Table 2 ATENT, SGD, TRADES, then Table 1 SGD, ATENT, MMA;
-#   core 1: Table 2 PGD-AT, then Table 1 PGD-AT, TRADES, then Table 2 MART.
+# at 15 epochs, measured: 0.5 h (SGD), 1.6 h (PGD-AT, TRADES), 2.0 h (ATENT); MMA about 2.4 h
+# (from its step time); start a session with the long ones. The queues:
+#   core 0: Table 2 ATENT, SGD, TRADES, then Table 1 MMA (training: it must finish in-session);
+#   core 1: Table 2 PGD-AT, then Table 1 ATENT, TRADES, SGD, PGD-AT (their evaluations), then
+#           Table 2 MART.
 #   bash experiments/verdict_train.sh                                 # from the repository root
 #   CORE=1 bash experiments/verdict_train.sh table1/sgd table2/mart   # these rows, one after
 #                                                                     # another, on core CORE
@@ -62,9 +63,9 @@ row() {  # core, TABLE/ROW; a merged result is final: the row is done (its weigh
 }
 rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
-  (for r in table2/atent_linf table2/sgd table2/trades table1/sgd table1/atent_l2 table1/mma; do
+  (for r in table2/atent_linf table2/sgd table2/trades table1/mma; do
      row 0 "$r"; done) &
-  (for r in table2/pgd_at table1/pgd_at table1/trades table2/mart; do
+  (for r in table2/pgd_at table1/atent_l2 table1/trades table1/sgd table1/pgd_at table2/mart; do
      row 1 "$r"; done) &
 else
   (for r in "${rows[@]}"; do row "${CORE:-1}" "$r"; done) &

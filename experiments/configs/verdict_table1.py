@@ -10,10 +10,11 @@ for every row, as the Table 2 verdict (verdict_table2.py):
 * 15 epochs, half of the table's code's 30. LeNet5's fc layer (3136 x 1024) makes a resumable
   checkpoint 26 MB (weights and momentum in float32, 52 MB with best/), so a row cannot be
   carried from one session to the next in git within results/' 60 MB, as Table 2's SmallCNN
-  rows were: every row must finish inside one session. On this CPU a 15-epoch row takes
-  (CPU of one quiet core, with the per-epoch validation) about 0.4 h (SGD), 1.6 h (PGD-AT,
-  TRADES), 2.4 h (MMA) and 2.7 h (ATENT). The lr is constant, so these 15 epochs are
-  exactly the first 15 of a 30-epoch run;
+  rows were: every row must finish inside one session. On this CPU a 15-epoch row took
+  (metrics.jsonl: training plus the per-epoch validation, one niced core while the other
+  trained or evaluated) 0.48 h (SGD), 1.61 h (PGD-AT), 1.58 h (TRADES) and 2.03 h (ATENT);
+  MMA, from its step time, about 2.4 h. The lr is constant, so these 15 epochs are exactly
+  the first 15 of a 30-epoch run;
 * K = 10 inner steps for every row instead of the table's 40, each step 4x the table's so every
   row's inner loop still travels as far as in the table: ATENT 10 x 0.5 (the notebook's
   2.5 * eps), PGD-AT / TRADES / MMA 10 x 1.0 (the paper's 40 x 0.25);
