@@ -28,7 +28,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TABLES = {
     "table2": ("Table 2 (l_inf eps 0.3, SmallCNN); per-epoch check PGD-20 step 0.01",
                {"atent_linf": "l_inf-ATENT (code variant)", "pgd_at": "PGD-AT",
-                "trades": "TRADES", "sgd": "SGD", "mart": "MART"}),
+                "trades": "TRADES", "sgd": "SGD", "mart": "MART",
+                "atent_linf_paper": "l_inf-ATENT (paper's Algorithm 2)"}),
     "table1": ("Table 1 (l_2 eps 2, LeNet5); per-epoch check PGD-40 step 0.25",
                {"atent_l2": "l_2-ATENT (code variant)", "pgd_at": "PGD-AT",
                 "trades": "TRADES", "sgd": "SGD", "mma": "MMA"}),

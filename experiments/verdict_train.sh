@@ -14,7 +14,7 @@
 # (from its step time); start a session with the long ones. The queues:
 #   core 0: Table 2 ATENT, SGD, TRADES, then Table 1 MMA (training: it must finish in-session);
 #   core 1: Table 2 PGD-AT, then Table 1 ATENT, TRADES, SGD, PGD-AT (their evaluations), then
-#           Table 2 MART.
+#           Table 2 MART, then Table 2's ATENT as the paper's Algorithm 2 (atent_linf_paper).
 #   bash experiments/verdict_train.sh                                 # from the repository root
 #   CORE=1 bash experiments/verdict_train.sh table1/sgd table2/mart   # these rows, one after
 #                                                                     # another, on core CORE
@@ -65,7 +65,8 @@ rows=("$@")
 if [ ${#rows[@]} -eq 0 ]; then
   (for r in table2/atent_linf table2/sgd table2/trades table1/mma; do
      row 0 "$r"; done) &
-  (for r in table2/pgd_at table1/atent_l2 table1/trades table1/sgd table1/pgd_at table2/mart; do
+  (for r in table2/pgd_at table1/atent_l2 table1/trades table1/sgd table1/pgd_at table2/mart \
+             table2/atent_linf_paper; do
      row 1 "$r"; done) &
 else
   (for r in "${rows[@]}"; do row "${CORE:-1}" "$r"; done) &

@@ -376,7 +376,8 @@ ALL_CONFIGS = [
       for variant in ("", ",paper") for radius in ("", ",eps1")),
     "cifar10_smoothing.py:atent_l2", "cifar10_smoothing.py:noise_aug",
     "mnist_smoothing.py:atent_l2", "mnist_smoothing.py:noise_aug",
-    *(f"verdict_table2.py:{row}" for row in ("atent_linf", "pgd_at", "trades", "mart", "sgd")),
+    *(f"verdict_table2.py:{row}" for row in ("atent_linf", "pgd_at", "trades", "mart", "sgd",
+                                             "atent_linf_paper")),
     *(f"verdict_table1.py:{row}" for row in ("atent_l2", "pgd_at", "trades", "sgd", "mma")),
 ]
 # Each file's default (no argument) and the argument it stands for.
@@ -393,7 +394,7 @@ def test_every_config_loads_and_validates(spec):
   validate_config(config)
   row = spec.partition(":")[2].split(",")[0]
   if row and row != "finetune":  # a row is the method it trains
-    assert config.method == row, spec
+    assert config.method == row.removesuffix("_paper"), spec
 
 
 def test_the_list_of_configs_is_every_file_and_argument():
@@ -420,7 +421,8 @@ BAD_ARGS = [
     ("mnist_l2.py:sgd,trades", "trades is a second row (after sgd)"),
     ("mnist_l2.py:sgd,paper", "paper is a variant of the atent_l2 row only"),
     ("cifar10_l2_resnet20.py:trades,eps2", "RADIUS one of eps0.5, eps1"),
-    ("verdict_table2.py:mma", "mma is not valid: use one of atent_linf, pgd_at, trades, mart, sgd"),
+    ("verdict_table2.py:mma", "mma is not valid: use one of atent_linf, pgd_at, trades, mart, sgd, "
+                                "atent_linf_paper"),
 ]
 
 
@@ -440,6 +442,19 @@ def test_verdict_table1_rows_reach_the_tables_distance_in_10_steps(row):
   # not fit in git), and these are the first 15 epochs of the table's code's 30.
   assert (config.train.num_epochs, tuple(config.train.lr_decay_epochs)) == (15, ())
   assert (config.model.name, config.train.batch_size, config.sampler.eps) == ("lenet5", 50, 2.0)
+
+
+def test_verdict_table2_paper_row_differs_from_the_code_row_in_algorithm_2_only():
+  # The verdict's "both ways" rows: the same budget (K 10 of step 0.04, 30 epochs, the local
+  # images), and the paper's Algorithm 2 where the authors' Table 2 notebook differs from it:
+  # one projection at the K-th step, noise 1e-3, weight decay 1e-4.
+  code = _flat(_config_spec("verdict_table2.py:atent_linf"))
+  paper = _flat(_config_spec("verdict_table2.py:atent_linf_paper"))
+  differ = {key: (code[key], paper[key]) for key in code if code[key] != paper[key]}
+  assert differ == {"sampler.project_every_step": (True, False),
+                    "sampler.noise_scale": (1e-4, 1e-3), "train.weight_decay": (0.0, 1e-4)}
+  assert (paper["sampler.num_steps"], paper["sampler.step_size"]) == (10, 0.04)
+  assert paper["train.num_epochs"] == 30 and paper["method"] == "atent_linf"
 
 
 @pytest.mark.parametrize("spec,words", BAD_ARGS)
