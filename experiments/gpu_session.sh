@@ -6,7 +6,8 @@
 #                                                   # reproduce smoke test
 #   bash experiments/gpu_session.sh tables OUTDIR   # Tables 1 and 2 (rows run together), then 6
 #   bash experiments/gpu_session.sh verdict OUTDIR  # the verdict's Table 2 rows (ATENT in the
-#       authors' code variant, PGD-AT, TRADES, MART, SGD: experiments/configs/verdict_table2.py)
+#       authors' code variant, PGD-AT, TRADES, MART, SGD, then ATENT as the paper's Algorithm 2:
+#       experiments/configs/verdict_table2.py)
 #       at EPOCHS (default 100) and K (default 40, step 0.01) all at once, then each row's best
 #       checkpoint attacked with the paper's PGD-20 (10 restarts), PGD-100 and AutoAttack on
 #       NUM_TEST (default 1000) test images; checkpoints and reports packed into OUTDIR.
@@ -106,7 +107,7 @@ tables)
   ;;
 verdict)
   EPOCHS=${EPOCHS:-100}; K=${K:-40}; STEP=${STEP:-0.01}; BUDGET=${BUDGET:-540}
-  NUM_TEST=${NUM_TEST:-1000}; ROWS=${ROWS:-atent_linf pgd_at trades mart sgd}
+  NUM_TEST=${NUM_TEST:-1000}; ROWS=${ROWS:-atent_linf pgd_at trades mart sgd atent_linf_paper}
   work=runs/gpu/verdict
   pack() {
     tar czf "$out/verdict_gpu.tar.gz" $work 2>/dev/null

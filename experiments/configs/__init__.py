@@ -17,7 +17,9 @@ first choice (config_base.parse_arg; a bad token is one `error:` line, exit code
   cifar10_smoothing.py    Table 5: ROW atent_l2, noise_aug
   mnist_smoothing.py      Table 5 analogue on MNIST: ROW atent_l2, noise_aug
   verdict_table2.py       the verdict's reduced-budget Table 2: ROW atent_linf, pgd_at, trades,
-                          mart, sgd
+                          mart, sgd, atent_linf_paper (the paper's Algorithm 2)
+  verdict_table1.py       the verdict's reduced-budget Table 1: ROW atent_l2, pgd_at, trades,
+                          sgd, mma
   default.py              the built-in demo (atent_jax/defaults.py); no argument
 
 A ROW is the method it trains (config.method), except cifar10_linf_wrn.py's `finetune` (ATENT
