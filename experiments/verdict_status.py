@@ -32,7 +32,8 @@ TABLES = {
                 "atent_linf_paper": "l_inf-ATENT (paper's Algorithm 2)"}),
     "table1": ("Table 1 (l_2 eps 2, LeNet5); per-epoch check PGD-40 step 0.25",
                {"atent_l2": "l_2-ATENT (code variant)", "pgd_at": "PGD-AT",
-                "trades": "TRADES", "sgd": "SGD", "mma": "MMA"}),
+                "trades": "TRADES", "sgd": "SGD", "mma": "MMA",
+                "atent_l2_paper": "l_2-ATENT (paper's text)"}),
 }
 START, END = "Status at the end of", "Machine: the project's"
 

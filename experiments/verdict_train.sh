@@ -15,6 +15,8 @@
 #   core 0: Table 2 ATENT, SGD, TRADES, then Table 1 MMA (training: it must finish in-session);
 #   core 1: Table 2 PGD-AT, then Table 1 ATENT, TRADES, SGD, PGD-AT (their evaluations), then
 #           Table 2 MART, then Table 2's ATENT as the paper's Algorithm 2 (atent_linf_paper).
+# Table 1's ATENT as the paper's text (table1/atent_l2_paper, about 2 h) is in no queue: give it
+# a core at the start of a session that has one free for 2.5 hours.
 #   bash experiments/verdict_train.sh                                 # from the repository root
 #   CORE=1 bash experiments/verdict_train.sh table1/sgd table2/mart   # these rows, one after
 #                                                                     # another, on core CORE

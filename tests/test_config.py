@@ -378,7 +378,8 @@ ALL_CONFIGS = [
     "mnist_smoothing.py:atent_l2", "mnist_smoothing.py:noise_aug",
     *(f"verdict_table2.py:{row}" for row in ("atent_linf", "pgd_at", "trades", "mart", "sgd",
                                              "atent_linf_paper")),
-    *(f"verdict_table1.py:{row}" for row in ("atent_l2", "pgd_at", "trades", "sgd", "mma")),
+    *(f"verdict_table1.py:{row}" for row in ("atent_l2", "pgd_at", "trades", "sgd", "mma",
+                                             "atent_l2_paper")),
 ]
 # Each file's default (no argument) and the argument it stands for.
 DEFAULTS = {"mnist_l2.py": "atent_l2,code", "mnist_linf.py": "atent_linf,code",
@@ -429,7 +430,7 @@ BAD_ARGS = [
 # Table 1's inner loops as the paper and the authors' notebook give them: ATENT 40 steps of
 # 2.5 * eps / 40 = 0.125, the PGD-based baselines 40 of the paper's 0.25.
 TABLE1_DISTANCE = {"atent_l2": 40 * 0.125, "pgd_at": 40 * 0.25, "trades": 40 * 0.25,
-                   "mma": 40 * 0.25}
+                   "mma": 40 * 0.25, "atent_l2_paper": 40 * 0.25}
 
 
 @pytest.mark.parametrize("row", sorted(TABLE1_DISTANCE))
@@ -455,6 +456,20 @@ def test_verdict_table2_paper_row_differs_from_the_code_row_in_algorithm_2_only(
                     "sampler.noise_scale": (1e-4, 1e-3), "train.weight_decay": (0.0, 1e-4)}
   assert (paper["sampler.num_steps"], paper["sampler.step_size"]) == (10, 0.04)
   assert paper["train.num_epochs"] == 30 and paper["method"] == "atent_linf"
+
+
+def test_verdict_table1_paper_row_differs_from_the_code_row_as_the_paper_does():
+  # The paper's text for Table 1 (its Appendix B: lr 0.001, noise 0.001, step 0.25, projection as
+  # Algorithm 1 writes it, at the K-th step) against the authors' Table 1 notebook; both at the
+  # verdict's budget: 10 steps of 4x the table's step, 15 epochs at a constant lr.
+  code = _flat(_config_spec("verdict_table1.py:atent_l2"))
+  paper = _flat(_config_spec("verdict_table1.py:atent_l2_paper"))
+  differ = {key: (code[key], paper[key]) for key in code if code[key] != paper[key]}
+  assert differ == {"sampler.project_every_step": (True, False),
+                    "sampler.noise_scale": (1e-2, 1e-3), "sampler.step_size": (0.5, 1.0),
+                    "train.learning_rate": (0.01, 0.001), "train.weight_decay": (0.0, 1e-4)}
+  assert (paper["sampler.num_steps"], paper["train.num_epochs"]) == (10, 15)
+  assert paper["train.lr_decay_epochs"] == () and paper["method"] == "atent_l2"
 
 
 @pytest.mark.parametrize("spec,words", BAD_ARGS)

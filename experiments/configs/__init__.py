@@ -19,7 +19,7 @@ first choice (config_base.parse_arg; a bad token is one `error:` line, exit code
   verdict_table2.py       the verdict's reduced-budget Table 2: ROW atent_linf, pgd_at, trades,
                           mart, sgd, atent_linf_paper (the paper's Algorithm 2)
   verdict_table1.py       the verdict's reduced-budget Table 1: ROW atent_l2, pgd_at, trades,
-                          sgd, mma
+                          sgd, mma, atent_l2_paper (the paper's text)
   default.py              the built-in demo (atent_jax/defaults.py); no argument
 
 A ROW is the method it trains (config.method), except cifar10_linf_wrn.py's `finetune` (ATENT

@@ -2,9 +2,11 @@
 (reduced scale, said so).
 
 `--config=experiments/configs/verdict_table1.py:ROW`, ROW one of atent_l2, pgd_at, trades, sgd,
-mma. Each row is its Table 1 config (mnist_l2.py:ROW; ATENT in the `code` variant: projection
-every step, noise 1e-2, SGD lr 0.01 momentum 0.9 at a constant lr) with the same reduced budget
-for every row, as the Table 2 verdict (verdict_table2.py):
+mma, atent_l2_paper. Each row is its Table 1 config (mnist_l2.py:ROW; ATENT in the `code`
+variant: projection every step, noise 1e-2, SGD lr 0.01 momentum 0.9 at a constant lr) with the
+same reduced budget for every row, as the Table 2 verdict (verdict_table2.py);
+`atent_l2_paper` is the paper's Algorithm 1 text instead (mnist_l2.py:atent_l2,paper: projection
+at the K-th step only, noise 1e-3, step 0.25 (here 1.0), lr 0.001, weight decay 1e-4):
 
 * the 22,699 local MNIST training images (../shared/data/mnist; 1,000 held out for validation);
 * 15 epochs, half of the table's code's 30. LeNet5's fc layer (3136 x 1024) makes a resumable
@@ -32,7 +34,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from experiments.configs import config_base
 
 ROWS = {"atent_l2": "mnist_l2.py:atent_l2", "pgd_at": "mnist_l2.py:pgd_at",
-        "trades": "mnist_l2.py:trades", "sgd": "mnist_l2.py:sgd", "mma": "mnist_l2.py:mma"}
+        "trades": "mnist_l2.py:trades", "sgd": "mnist_l2.py:sgd", "mma": "mnist_l2.py:mma",
+        "atent_l2_paper": "mnist_l2.py:atent_l2,paper"}
 ARGS = tuple(ROWS)  # every config of this file
 NUM_STEPS = 10
 NUM_EPOCHS = 15
